@@ -22,13 +22,13 @@ def __getattr__(name: str):
 
         return {"make_algo": algos.make, "list_algos": algos.available, "register": algos.register}[name]
     if name in ("train", "RunResult"):
-        from offline_rl import train as _train
+        from offline_rl import training
 
-        return getattr(_train, name)
+        return getattr(training, name)
     if name in ("evaluate", "EvalResult"):
-        from offline_rl import evaluate as _evaluate
+        from offline_rl import evaluation
 
-        return getattr(_evaluate, name)
+        return getattr(evaluation, name)
     raise AttributeError(f"module 'offline_rl' has no attribute {name!r}")
 
 

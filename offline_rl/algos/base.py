@@ -1,0 +1,207 @@
+"""The `Algorithm` base class, the registry and hyperparameter resolution (dataclass defaults ← preset ← overrides).
+
+An algorithm gets tensors and returns metrics. It knows nothing of files, the CLI or logging.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from offline_rl.data.dataset import Batch, Dataset, Spec
+from offline_rl.errors import ConfigError
+from offline_rl.paths import resource_dir
+
+ENTRY_POINT_GROUP = "offline_rl.algos"
+_REGISTRY: dict[str, type[Algorithm]] = {}
+
+
+class Algorithm(nn.Module):
+    """One offline-RL method. Subclasses set `name`, `Config`, build networks in `__init__` and implement `update`.
+
+    Modules are registered as attributes (so `nn.Module.state_dict` covers them); optimisers and LR schedulers go in
+    `self.optimizers` / `self.schedulers` so that checkpoints include them.
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = object
+
+    def __init__(self, spec: Spec, config: Any, device: str | torch.device = "cpu") -> None:
+        super().__init__()
+        self.spec = spec
+        self.config = config
+        self.device = torch.device(device)
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, Any] = {}
+
+    def prepare(self, dataset: Dataset) -> None:
+        """Optional phases before the main loop (statistics, KD-tree, VAE pre-training...)."""
+
+    def configure_schedule(self, total_steps: int) -> None:
+        """Called once before training (and before a checkpoint is loaded) with the run's length, for LR schedules."""
+
+    def update(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        """One gradient step. Metrics stay tensors (no host sync)."""
+        raise NotImplementedError
+
+    def policy(self) -> nn.Module:
+        """obs -> action, deterministic; used by evaluation and export."""
+        raise NotImplementedError
+
+    def optimize(self, name: str, loss: torch.Tensor) -> None:
+        """zero_grad → backward → step for the optimiser registered as `name`."""
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        return {
+            "modules": super().state_dict(*args, **kwargs),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> Any:  # type: ignore[override]
+        result = super().load_state_dict(state["modules"], strict=strict)
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        for k, s in self.schedulers.items():
+            s.load_state_dict(state["schedulers"][k])
+        return result
+
+
+class PolicyWithNormalizer(nn.Module):
+    """A deployable policy: state normalisation then the actor, so a saved policy normalises by itself."""
+
+    def __init__(self, normalizer: nn.Module, actor: nn.Module) -> None:
+        super().__init__()
+        self.normalizer = normalizer
+        self.actor = actor
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.actor(self.normalizer(obs))
+
+
+def register(name: str):
+    """Class decorator: `@register("td3_bc")` adds an Algorithm subclass to the registry."""
+
+    def wrap(cls: type[Algorithm]) -> type[Algorithm]:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def _load_plugins() -> None:
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in _REGISTRY:
+            cls = ep.load()
+            if ep.name not in _REGISTRY:  # loading may have registered it under its own name already
+                _REGISTRY[ep.name] = cls
+
+
+def available() -> list[str]:
+    """Names of the registered algorithms, built-in and plug-in."""
+    _load_plugins()
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> type[Algorithm]:
+    key = name.replace("-", "_").lower()
+    _load_plugins()
+    if key not in _REGISTRY:
+        raise ConfigError(f"unknown algorithm '{name}'; available: {', '.join(available())}")
+    return _REGISTRY[key]
+
+
+def load_preset(name: str, dataset: str = "", family: str = "") -> dict[str, Any]:
+    """Hyperparameters from `algos/<name>.toml`: `[default]`, then `[<family>]`, then `[<dataset name>]`."""
+    path = resource_dir("algos") / f"{name}.toml"
+    if not path.exists():
+        return {}
+    try:
+        tables = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    preset: dict[str, Any] = {}
+    for key in ("default", family, dataset):
+        if key and isinstance(tables.get(key), dict):
+            preset.update(tables[key])
+    return preset
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """`["alpha=2.5", "hidden=[256,256]"]` -> {"alpha": 2.5, "hidden": [256, 256]}; values are JSON, else strings."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects key=value, got '{pair}'")
+        key, raw = pair.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = {"true": True, "false": False}.get(raw.lower(), raw)
+    return out
+
+
+def build_config(cls: type[Algorithm], values: dict[str, Any], where: str = "overrides") -> Any:
+    """The algorithm's Config dataclass from its defaults and `values`, type-checked, unknown keys rejected."""
+    fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+    hints = typing.get_type_hints(cls.Config)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"{where}: '{key}' is not a hyperparameter of {cls.name}; "
+                              f"valid: {', '.join(sorted(fields))}")
+        kwargs[key] = _coerce(value, hints[key], f"{where}: {cls.name}.{key}")
+    return cls.Config(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is str and isinstance(value, str):
+        return value
+    if origin in (tuple, list) and isinstance(value, list | tuple):
+        return tuple(value) if origin is tuple else list(value)
+    if hint is Any:
+        return value
+    raise ConfigError(f"{where} expects {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def make(name: str, spec: Spec, config: Any = None, device: str | torch.device = "cpu",
+         dataset: Dataset | None = None, seed: int | None = None) -> Algorithm:
+    """Build a registered algorithm.
+
+    `config` is a Config instance, or a dict of overrides applied on top of the preset for `dataset`'s family
+    (when a dataset is given) and the paper defaults. `seed` seeds torch before the networks are initialised.
+    """
+    cls = get(name)
+    if not isinstance(config, cls.Config):
+        values = load_preset(cls.name, dataset.name, dataset.family) if dataset is not None else {}
+        values.update(config or {})
+        config = build_config(cls, values)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return cls(spec, config, device).to(device)

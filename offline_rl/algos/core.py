@@ -1,0 +1,160 @@
+"""Pieces that several algorithms share, written once: target updates, the TD3 twin-critic step, the TD3+BC actor
+loss with its λ normalisation, the expectile and AWR losses, and state normalisation.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from offline_rl.algos.base import Algorithm, PolicyWithNormalizer
+from offline_rl.data.dataset import Batch, Dataset, Spec
+from offline_rl.nets import DeterministicActor, TwinQ
+
+
+class StateNormalizer(nn.Module):
+    """z-score of observations, (s − μ)/σ with σ = std + eps (CORL/PRDC: eps = 1e-3). Identity until fitted."""
+
+    def __init__(self, obs_dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(obs_dim))
+        self.register_buffer("std", torch.ones(obs_dim))
+
+    def fit(self, dataset: Dataset, eps: float = 1e-3) -> None:
+        mean, std = dataset.state_stats(eps)
+        self.mean.copy_(mean)
+        self.std.copy_(std)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return (obs - self.mean) / self.std
+
+
+@torch.no_grad()
+def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """Polyak averaging θ_targ ← τ·θ + (1 − τ)·θ_targ, as one fused op over all parameters."""
+    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A target network: a deep copy with gradients off."""
+    target = copy.deepcopy(module)
+    target.requires_grad_(False)
+    return target
+
+
+def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+    """IQL's asymmetric L2: mean(|τ − 1(u < 0)| · u²) with u = Q − V."""
+    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
+    return (weight * diff.pow(2)).mean()
+
+
+def awr_weights(advantage: torch.Tensor, beta: float, max_weight: float = 100.0) -> torch.Tensor:
+    """Advantage-weighted regression weights exp(β·A), clipped above (CORL EXP_ADV_MAX = 100), no gradient."""
+    return torch.exp(beta * advantage.detach()).clamp(max=max_weight)
+
+
+def td3bc_lambda(q: torch.Tensor, alpha: float, eps: float = 0.0) -> torch.Tensor:
+    """TD3+BC's λ = α / mean(|Q|), denominator detached (PGD's variant adds eps = 1e-7)."""
+    return alpha / (q.abs().mean().detach() + eps)
+
+
+def td3_target(critic_target: TwinQ, actor_target: nn.Module, batch: Batch, discount: float,
+               policy_noise: float, noise_clip: float, max_action: float, rewards: torch.Tensor) -> torch.Tensor:
+    """y = r + γ(1 − d)·min_i Q_i,targ(s′, clip(π_targ(s′) + clip(ε, −c, c), ±max_action)), ε ~ N(0, σ²)."""
+    with torch.no_grad():
+        noise = (torch.randn_like(batch.actions) * policy_noise).clamp(-noise_clip, noise_clip)
+        next_action = (actor_target(batch.next_observations) + noise).clamp(-max_action, max_action)
+        next_q = critic_target(batch.next_observations, next_action).min(0).values
+        return rewards + discount * (1.0 - batch.dones) * next_q
+
+
+@dataclass
+class TD3BCConfig:
+    """TD3+BC (Fujimoto & Gu 2021) defaults, as in the paper and CORL's `td3_bc.py`."""
+
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    discount: float = 0.99
+    tau: float = 0.005
+    policy_noise: float = 0.2
+    noise_clip: float = 0.5
+    policy_freq: int = 2
+    alpha: float = 2.5
+    batch_size: int = 256
+    normalize_states: bool = True
+    actor_hidden: tuple[int, ...] = (256, 256)
+    critic_hidden: tuple[int, ...] = (256, 256)
+
+
+class TD3BCBase(Algorithm):
+    """TD3 twin critic + delayed actor with loss −λ·mean(Q₁(s, π(s))) + weight·MSE(π(s), target).
+
+    Subclasses change only `bc_target` (PRDC: nearest dataset action; A2PR: advantage-selected action) and may add
+    networks trained in `extra_updates`, which runs after the critic step and before the actor step.
+    """
+
+    def __init__(self, spec: Spec, config: TD3BCConfig, device: str | torch.device = "cpu") -> None:
+        super().__init__(spec, config, device)
+        c = config
+        self.max_action = spec.max_action
+        self.normalizer = StateNormalizer(spec.obs_dim)
+        self.actor = DeterministicActor(spec.obs_dim, spec.act_dim, self.max_action, c.actor_hidden)
+        self.critic = TwinQ(spec.obs_dim, spec.act_dim, c.critic_hidden)
+        self.actor_target = frozen_copy(self.actor)
+        self.critic_target = frozen_copy(self.critic)
+        self.optimizers["actor"] = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr)
+        self.optimizers["critic"] = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr)
+        self._last_actor_metrics: dict[str, torch.Tensor] = {}
+
+    def prepare(self, dataset: Dataset) -> None:
+        if self.config.normalize_states:
+            self.normalizer.fit(dataset)
+
+    def normalize(self, batch: Batch) -> Batch:
+        return batch._replace(observations=self.normalizer(batch.observations),
+                              next_observations=self.normalizer(batch.next_observations))
+
+    def bc_target(self, batch: Batch, pi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """The behaviour-cloning target and its weight. TD3+BC: the dataset action, weight 1."""
+        return batch.actions, 1.0
+
+    def extra_updates(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        """Hook for networks besides actor and critic (A2PR's V and VAE). Runs every step after the critic."""
+        return {}
+
+    def critic_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        c = self.config
+        y = td3_target(self.critic_target, self.actor_target, batch, c.discount, c.policy_noise * self.max_action,
+                       c.noise_clip * self.max_action, self.max_action, batch.rewards)
+        q = self.critic(batch.observations, batch.actions)
+        critic_loss = (q - y).pow(2).mean(1).sum()  # MSE(Q1, y) + MSE(Q2, y)
+        self.optimize("critic", critic_loss)
+        return {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
+
+    def actor_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        pi = self.actor(batch.observations)
+        q = self.critic.q1(batch.observations, pi)
+        lmbda = td3bc_lambda(q, self.config.alpha)
+        target, weight = self.bc_target(batch, pi)
+        bc_loss = (weight * (pi - target).pow(2)).mean()  # MSE over batch and action dims; weight broadcasts
+        actor_loss = -lmbda * q.mean() + bc_loss
+        self.optimize("actor", actor_loss)
+        soft_update(self.critic_target, self.critic, self.config.tau)
+        soft_update(self.actor_target, self.actor, self.config.tau)
+        return {"actor_loss": actor_loss.detach(), "bc_loss": bc_loss.detach(), "lambda": lmbda}
+
+    def update(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        """One TD3 iteration; `step` counts from 1, so the first actor update is at step `policy_freq`."""
+        batch = self.normalize(batch)
+        metrics = self.critic_step(batch)
+        metrics.update(self.extra_updates(batch, step))
+        if step % self.config.policy_freq == 0:
+            self._last_actor_metrics = self.actor_step(batch)
+        metrics.update(self._last_actor_metrics)
+        return metrics
+
+    def policy(self) -> nn.Module:
+        return PolicyWithNormalizer(self.normalizer, self.actor)

@@ -1,0 +1,212 @@
+"""The `offline-rl` command line (typer). Bad input exits 2 with one line on stderr; internal errors exit 1.
+
+Heavy modules are imported inside the commands so that `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from offline_rl.errors import UserError
+
+app = typer.Typer(help="Offline RL toolkit: datasets, algorithms, training, evaluation and leaderboards.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+datasets_app = typer.Typer(help="List, inspect and generate datasets.", no_args_is_help=True)
+algos_app = typer.Typer(help="List registered algorithms.", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(algos_app, name="algos")
+
+try:  # the sequence backend's commands (its heavy imports stay lazy inside)
+    from offline_rl.cli.seq import app as seq_app
+
+    app.add_typer(seq_app, name="seq", help="The sequence-policy (LLM) backend: GRPO-family methods.")
+except ImportError:  # pragma: no cover - only when the seq package is absent
+    pass
+
+
+def _print_json(obj: object) -> None:
+    """JSON to stdout alone (logs go to stderr), so it pipes into jq."""
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def _check_positive(name: str, value: int | None, allow_zero: bool = False) -> None:
+    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+        raise UserError(f"--{name} must be {'≥ 0' if allow_zero else '> 0'}, got {value}")
+
+
+@datasets_app.command("list")
+def datasets_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False) -> None:
+    """List the dataset cards (the embedded generated families and their levels)."""
+    from offline_rl.data import list_cards
+
+    cards = list_cards()
+    if as_json:
+        _print_json(cards)
+        return
+    for card in cards:
+        typer.echo(f"{card['name']:<32} {card['env_id']:<28} {card.get('label', '')}")
+
+
+@datasets_app.command("info")
+def datasets_info(
+    source: Annotated[str, typer.Argument(help="Card name, d4rl:<name>, path to .hdf5, or minari:<id>.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout.")] = False,
+) -> None:
+    """Size, returns and the behaviour policy's normalised score of a dataset."""
+    from offline_rl.data import load_dataset
+
+    info = load_dataset(source).summary()
+    if as_json:
+        _print_json(info)
+        return
+    for key, value in info.items():
+        typer.echo(f"{key:<24} {value}")
+
+
+@datasets_app.command("generate")
+def datasets_generate(
+    name: Annotated[str, typer.Argument(help="Card name, e.g. pendulum-medium.")],
+    steps: Annotated[int | None, typer.Option(help="Number of transitions (default: the card's).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the behaviour rollouts.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Folder to write the Minari dataset to (default: cache).")] = None,
+) -> None:
+    """Roll out a card's behaviour policy and write a Minari dataset."""
+    from offline_rl.data import generate_dataset
+
+    _check_positive("steps", steps)
+    path = generate_dataset(name, steps=steps, seed=seed, out=out)
+    typer.echo(str(path))
+
+
+@algos_app.command("list")
+def algos_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False) -> None:
+    """Registered algorithms, built-in and plug-in (entry-point group `offline_rl.algos`)."""
+    from offline_rl import algos
+
+    names = algos.available()
+    if as_json:
+        _print_json(names)
+    else:
+        typer.echo("\n".join(names))
+
+
+@app.command()
+def train(
+    algo: Annotated[str, typer.Option(help="Algorithm name (see `algos list`).")],
+    dataset: Annotated[str, typer.Option(help="Card name, d4rl:<name>, .hdf5 path or minari:<id>.")],
+    steps: Annotated[int, typer.Option(help="Gradient updates.")] = 100_000,
+    seed: Annotated[int, typer.Option(help="Seed for python, numpy, torch and the envs.")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "auto",
+    eval_every: Annotated[int, typer.Option(help="Evaluate every N updates (0: only at the end).")] = 5000,
+    eval_episodes: Annotated[int, typer.Option(help="Episodes per evaluation.")] = 10,
+    out: Annotated[Path | None, typer.Option(help="Run folder (default: runs/<algo>/<dataset>/seed<S>).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the run folder's checkpoint.")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Hyperparameter override key=value (repeat).")]
+    = None,
+) -> None:
+    """Train one algorithm on one dataset; writes result.json, checkpoints and TensorBoard logs."""
+    from offline_rl.algos import parse_overrides
+    from offline_rl.training import run_experiment
+
+    _check_positive("steps", steps)
+    _check_positive("eval-every", eval_every, allow_zero=True)
+    _check_positive("eval-episodes", eval_episodes)
+    out = out or Path("runs") / algo / dataset.replace(":", "_").replace("/", "_") / f"seed{seed}"
+    result = run_experiment(algo, dataset, seed, steps, eval_every or steps, eval_episodes, out, device,
+                            parse_overrides(set_), resume)
+    typer.echo(f"{result['status']}: last score {_fmt(result['final_score'])} (return "
+               f"{_fmt(result['final_return'])}), best {_fmt(result['best_score'])}, "
+               f"{result['updates_per_s']:.0f} updates/s -> {out / 'result.json'}")
+    if result["status"] == "diverged":
+        raise typer.Exit(1)
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `train`.")],
+    episodes: Annotated[int, typer.Option(help="Episodes to run.")] = 10,
+    seed: Annotated[int, typer.Option(help="Evaluation seed.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False,
+) -> None:
+    """Evaluate a trained run's last checkpoint with the deterministic policy."""
+    from offline_rl.evaluation import evaluate as run_eval
+    from offline_rl.training import load_run
+
+    _check_positive("episodes", episodes)
+    agent, info = load_run(run_dir)
+    result = run_eval(agent.policy(), info["env_id"], episodes, seed, info["ref_min_score"], info["ref_max_score"])
+    if as_json:
+        _print_json(result.to_dict())
+    else:
+        typer.echo(f"{info['env_id']}: return {result.mean_return:.2f} ± {result.std_return:.2f}, "
+                   f"normalised score {_fmt(result.normalized_score)} over {episodes} episodes")
+
+
+@app.command()
+def benchmark(
+    suite: Annotated[str, typer.Argument(help="Suite name in benchmarks/ or a path to a suite TOML.")] = "quick",
+    runner: Annotated[str, typer.Option(help="local | ray.")] = "local",
+    workers: Annotated[int, typer.Option(help="Parallel runs (processes for local, tasks for ray).")] = 1,
+    out: Annotated[Path | None, typer.Option(help="Results folder (default: results/<suite>).")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (ray runner only).")] = None,
+) -> None:
+    """Run a suite (algorithms × datasets × seeds), skipping completed runs, then print its leaderboard."""
+    from offline_rl.bench import load_suite, run_suite, write_leaderboard
+
+    if runner not in ("local", "ray"):
+        raise UserError(f"--runner must be local or ray, got '{runner}'")
+    _check_positive("workers", workers)
+    spec = load_suite(suite)
+    out = out or Path("results") / spec.name
+    failures = run_suite(spec, out, runner=runner, workers=workers, address=address)
+    for fmt in ("csv", "html"):
+        write_leaderboard(out, fmt, out / f"leaderboard.{fmt}")
+    table = write_leaderboard(out, "md", out / "leaderboard.md")
+    typer.echo(table)
+    typer.echo(f"leaderboard written to {out / 'leaderboard.md'} (.csv, .html)")
+    if failures:
+        typer.echo(f"{len(failures)} run(s) failed; see the log above", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def leaderboard(
+    results_dir: Annotated[Path, typer.Argument(help="Folder of result.json files (searched recursively).")],
+    fmt: Annotated[str, typer.Option("--format", help="md | csv | html.")] = "md",
+    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Aggregate results into mean ± std over seeds per (algorithm, dataset)."""
+    from offline_rl.bench import write_leaderboard
+
+    if fmt not in ("md", "csv", "html"):
+        raise UserError(f"--format must be md, csv or html, got '{fmt}'")
+    text = write_leaderboard(results_dir, fmt, out)
+    if out is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    else:
+        typer.echo(f"written {out}", err=True)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: user errors become one line and exit code 2."""
+    try:
+        app(args=argv, prog_name="offline-rl")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

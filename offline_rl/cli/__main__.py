@@ -1,0 +1,3 @@
+from offline_rl.cli import main
+
+main()

@@ -1,0 +1,137 @@
+"""MLPs, batched ensembles (one batched matmul per layer for all members), actors, critics and value nets."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.distributions import Normal
+
+
+def mlp(in_dim: int, out_dim: int, hidden: Sequence[int] = (256, 256), activation: type[nn.Module] = nn.ReLU,
+        out_activation: type[nn.Module] | None = None, layer_norm: bool = False,
+        dropout: float | None = None) -> nn.Sequential:
+    """A plain MLP: Linear → [LayerNorm] → act → [Dropout] per hidden layer, then a Linear head."""
+    layers: list[nn.Module] = []
+    dims = [in_dim, *hidden]
+    for d_in, d_out in zip(dims[:-1], dims[1:]):
+        layers.append(nn.Linear(d_in, d_out))
+        if layer_norm:
+            layers.append(nn.LayerNorm(d_out))
+        layers.append(activation())
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(dims[-1], out_dim))
+    if out_activation is not None:
+        layers.append(out_activation())
+    return nn.Sequential(*layers)
+
+
+class EnsembleLinear(nn.Module):
+    """`n` independent linear layers applied as one batched matmul: [n, B, in] -> [n, B, out].
+
+    Each member is initialised exactly like `nn.Linear` (uniform ±1/sqrt(fan_in) for weight and bias).
+    """
+
+    def __init__(self, n: int, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(n, 1, out_dim))
+        bound = 1.0 / math.sqrt(in_dim)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class EnsembleMLP(nn.Module):
+    """`n` MLPs evaluated together. Input [B, in] (shared) or [n, B, in]; output [n, B, out]."""
+
+    def __init__(self, n: int, in_dim: int, out_dim: int, hidden: Sequence[int] = (256, 256),
+                 activation: type[nn.Module] = nn.ReLU, layer_norm: bool = False) -> None:
+        super().__init__()
+        self.n = n
+        dims = [in_dim, *hidden]
+        layers: list[nn.Module] = []
+        for d_in, d_out in zip(dims[:-1], dims[1:]):
+            layers.append(EnsembleLinear(n, d_in, d_out))
+            if layer_norm:
+                layers.append(nn.LayerNorm(d_out))
+            layers.append(activation())
+        layers.append(EnsembleLinear(n, dims[-1], out_dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(self.n, *x.shape)
+        return self.net(x)
+
+
+class TwinQ(nn.Module):
+    """The TD3/SAC/IQL critic ensemble Q_i(s, a), i = 1..n (n = 2: the twin critic). Returns [n, B]."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), n: int = 2,
+                 layer_norm: bool = False) -> None:
+        super().__init__()
+        self.qs = EnsembleMLP(n, obs_dim + act_dim, 1, hidden, layer_norm=layer_norm)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        return self.qs(torch.cat([obs, act], dim=-1)).squeeze(-1)
+
+    def q1(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """The first critic only (TD3+BC's actor loss uses Q1). Computed alone, not via the ensemble."""
+        x = torch.cat([obs, act], dim=-1)
+        for layer in self.qs.net:
+            x = torch.addmm(layer.bias[0], x, layer.weight[0]) if isinstance(layer, EnsembleLinear) else layer(x)
+        return x.squeeze(-1)
+
+
+class ValueNet(nn.Module):
+    """V(s): an MLP with a scalar head. Returns [B]."""
+
+    def __init__(self, obs_dim: int, hidden: Sequence[int] = (256, 256), layer_norm: bool = False) -> None:
+        super().__init__()
+        self.net = mlp(obs_dim, 1, hidden, layer_norm=layer_norm)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs).squeeze(-1)
+
+
+class DeterministicActor(nn.Module):
+    """a = max_action · tanh(f(s)), the TD3 actor."""
+
+    def __init__(self, obs_dim: int, act_dim: int, max_action: float, hidden: Sequence[int] = (256, 256),
+                 dropout: float | None = None) -> None:
+        super().__init__()
+        self.net = mlp(obs_dim, act_dim, hidden, out_activation=nn.Tanh, dropout=dropout)
+        self.max_action = max_action
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.max_action * self.net(obs)
+
+
+class GaussianActor(nn.Module):
+    """IQL's policy: N(tanh(f(s)), exp(log_std)) with a state-independent log-std clamped to [−20, 2] (CORL).
+
+    `forward` returns the deterministic action max_action · mean, clipped; `dist` returns the distribution over
+    normalised actions for the AWR log-likelihood.
+    """
+
+    LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+    def __init__(self, obs_dim: int, act_dim: int, max_action: float, hidden: Sequence[int] = (256, 256),
+                 dropout: float | None = None) -> None:
+        super().__init__()
+        self.net = mlp(obs_dim, act_dim, hidden, out_activation=nn.Tanh, dropout=dropout)
+        self.log_std = nn.Parameter(torch.zeros(act_dim))
+        self.max_action = max_action
+
+    def dist(self, obs: torch.Tensor) -> Normal:
+        std = self.log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX).exp()
+        return Normal(self.net(obs), std)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return (self.max_action * self.net(obs)).clamp(-self.max_action, self.max_action)

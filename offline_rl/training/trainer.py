@@ -1,0 +1,177 @@
+"""The shared training loop: sample → update → (log, evaluate, checkpoint), for any registered algorithm.
+
+The trainer names no algorithm. Metrics stay on the device and are read only at sync points (log, evaluation,
+checkpoint). Checkpoints are atomic and hold everything needed for a bit-identical resume on CPU: the algorithm
+with its optimisers, all RNG states, the step and the curve so far.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from offline_rl import __version__
+from offline_rl.algos.base import Algorithm
+from offline_rl.data.dataset import Dataset
+from offline_rl.evaluation import evaluate
+from offline_rl.training.checkpoint import load_checkpoint, save_checkpoint
+from offline_rl.training.progress import ProgressReporter
+from offline_rl.training.seeding import get_rng_state, set_rng_state
+from offline_rl.utils.io import atomic_write_json
+
+CHECKPOINT = "checkpoint.pt"
+RESULT = "result.json"
+EVAL_SEED_OFFSET = 100  # evaluation episodes use seed + 100 (PRDC's convention), separate from training RNG
+
+
+@dataclass
+class RunResult:
+    """One run's record, written as `result.json`. `final_score` is the last evaluation, `best_score` the best."""
+
+    algo: str
+    dataset: str
+    dataset_source: str
+    dataset_label: str
+    behavior_score: float | None
+    seed: int
+    steps: int
+    config: dict[str, Any]
+    curve: list[list[float | None]] = field(default_factory=list)
+    final_score: float | None = None
+    best_score: float | None = None
+    final_return: float | None = None
+    best_return: float | None = None
+    wall_time_s: float = 0.0
+    updates_per_s: float = 0.0
+    device: str = "cpu"
+    version: str = __version__
+    status: str = "running"
+    step: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    score_labels: dict[str, str] = field(default_factory=lambda: {
+        "final_score": "last: the final evaluation's normalised score",
+        "best_score": "best: the maximum normalised score over all evaluations"})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def train(algo: Algorithm, dataset: Dataset, steps: int, seed: int = 0, eval_every: int = 5000,
+          eval_episodes: int = 10, out_dir: str | Path | None = None, resume: bool = False,
+          ckpt_every: int | None = None, log_every: int = 1000, progress: bool | None = None,
+          batch_size: int | None = None) -> RunResult:
+    """Train `algo` on `dataset` for `steps` gradient updates and return the run record.
+
+    With `out_dir`, writes TensorBoard logs, atomic checkpoints every `ckpt_every` steps (default: each evaluation)
+    and `result.json`. `resume=True` continues from `out_dir/checkpoint.pt` when it exists.
+    """
+    out = Path(out_dir) if out_dir is not None else None
+    dataset = dataset.to(algo.device)
+    batch_size = batch_size or getattr(algo.config, "batch_size", 256)
+    ckpt_every = ckpt_every or eval_every or steps
+    summary = dataset.summary()
+    result = RunResult(algo=algo.name, dataset=dataset.name or dataset.source, dataset_source=dataset.source,
+                       dataset_label=dataset.label, behavior_score=summary["normalized_return_mean"], seed=seed,
+                       steps=steps, config=_config_dict(algo.config), device=str(algo.device))
+
+    algo.configure_schedule(steps)
+    algo.prepare(dataset)
+    generator = torch.Generator(device=dataset.device).manual_seed(seed)
+    start, elapsed, train_time = 0, 0.0, 0.0
+    if resume and out is not None and (out / CHECKPOINT).exists():
+        state = load_checkpoint(out / CHECKPOINT, algo.device)
+        algo.load_state_dict(state["algo"])
+        set_rng_state(state["rng"])
+        generator.set_state(state["sampler_rng"])
+        start, elapsed, train_time = state["step"], state["elapsed"], state["train_time"]
+        result.curve = state["curve"]
+
+    logger = _TensorBoard(out, purge_step=start + 1 if start else None)
+    reporter = ProgressReporter(steps, start, enabled=progress)
+    t0 = time.perf_counter() - elapsed
+    metrics: dict[str, torch.Tensor] = {}
+    result.status = "completed"
+    step = start
+    try:
+        t_train = time.perf_counter()
+        for step in range(start + 1, steps + 1):
+            metrics = algo.update(dataset.sample(batch_size, generator), step)
+            is_eval = bool(eval_every) and (step % eval_every == 0 or step == steps)
+            is_ckpt = step % ckpt_every == 0 or step == steps
+            if step % log_every and not is_eval and not is_ckpt:
+                continue
+            train_time += time.perf_counter() - t_train
+            values = {k: float(v) for k, v in metrics.items()}  # the only host sync, at sync points
+            result.metrics, result.step = values, step
+            if not all(math.isfinite(v) for v in values.values()):
+                result.status = "diverged"
+                reporter.log(f"diverged at step {step}: non-finite {values}; keeping the last good checkpoint")
+                break
+            logger.scalars("train", values, step)
+            if is_eval:
+                ev = evaluate(algo.policy(), dataset.env_id, eval_episodes, seed + EVAL_SEED_OFFSET,
+                              dataset.ref_min_score, dataset.ref_max_score)
+                result.curve.append([step, ev.normalized_score, ev.mean_return])
+                logger.scalars("eval", {"return": ev.mean_return, "normalized_score": ev.normalized_score}, step)
+            _summarise(result, train_time, step)
+            reporter.update(step, result.updates_per_s, result.final_score, result.final_return, values)
+            if is_ckpt and out is not None:
+                save_checkpoint(out / CHECKPOINT, {
+                    "algo": algo.state_dict(), "rng": get_rng_state(), "sampler_rng": generator.get_state(),
+                    "step": step, "elapsed": time.perf_counter() - t0, "train_time": train_time,
+                    "curve": result.curve})
+            t_train = time.perf_counter()
+    except KeyboardInterrupt:
+        result.status = "interrupted"
+        raise
+    finally:
+        reporter.close()
+        logger.close()
+        result.wall_time_s = time.perf_counter() - t0
+        _summarise(result, train_time, result.step)
+        if out is not None:
+            atomic_write_json(out / RESULT, result.to_dict())
+    return result
+
+
+def _summarise(result: RunResult, train_time: float, step: int) -> None:
+    """Fill the last/best scores and the update rate from the curve so far."""
+    if result.curve:
+        last = result.curve[-1]
+        result.final_score, result.final_return = last[1], last[2]
+        result.best_return = max(p[2] for p in result.curve)
+        scores = [p[1] for p in result.curve if p[1] is not None]
+        result.best_score = max(scores) if scores else None
+    if train_time > 0:
+        result.updates_per_s = step / train_time  # cumulative over resumes; evaluation time excluded
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config or {})
+
+
+class _TensorBoard:
+    """TensorBoard scalars under `out_dir/tb`; a no-op without an output folder."""
+
+    def __init__(self, out: Path | None, purge_step: int | None) -> None:
+        self.writer = None
+        if out is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out / "tb"), purge_step=purge_step)
+
+    def scalars(self, prefix: str, values: dict[str, float | None], step: int) -> None:
+        if self.writer is not None:
+            for k, v in values.items():
+                if v is not None:
+                    self.writer.add_scalar(f"{prefix}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,286 @@
+"""Suites, the runner and the leaderboard. No real training: result.json files are written by hand or by a fake
+run function."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import dataclasses
+import io
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from offline_rl.bench import aggregate, collect, load_suite, plot_curves, run_suite, write_leaderboard
+from offline_rl.bench.leaderboard import to_csv, to_html, to_markdown
+from offline_rl.bench.suite import Suite
+from offline_rl.errors import ConfigError, UserError
+from offline_rl.utils.io import atomic_write_json, read_json
+
+LABEL = "offline-rl generated"
+
+
+def make_record(algo: str, dataset: str, seed: int, scores: list[float | None], status: str = "completed",
+                steps: int = 100, behavior: float | None = 40.0, label: str = LABEL, ups: float = 1000.0) -> dict:
+    """A result.json record whose evaluations give `scores` (None: a dataset without reference scores)."""
+    curve = [[steps * (i + 1) // len(scores), s, (s if s is not None else i) * 10.0 - 100.0]
+             for i, s in enumerate(scores)]
+    numeric = [s for s in scores if s is not None]
+    return {
+        "algo": algo, "dataset": dataset, "dataset_source": f"card:{dataset}", "dataset_label": label,
+        "behavior_score": behavior, "seed": seed, "steps": steps, "config": {"eval_episodes": 10}, "curve": curve,
+        "final_score": scores[-1], "best_score": max(numeric) if numeric else None, "final_return": curve[-1][2],
+        "wall_time_s": 1.0, "updates_per_s": ups, "device": "cpu", "version": "0.1.0", "status": status,
+    }
+
+
+def fake_run(algo: str, dataset: str, seed: int, steps: int, eval_every: int, eval_episodes: int, out_dir: Path,
+             device: str = "cpu", overrides: dict | None = None, resume: bool = False, progress: bool = False) -> dict:
+    """A picklable stand-in for run_experiment: algorithm "boom" fails, the others write a completed result."""
+    if algo == "boom":
+        raise RuntimeError(f"boom on seed {seed}")
+    record = make_record(algo, dataset, seed, [10.0 * seed, 20.0 * seed], steps=steps)
+    record["threads"] = os.environ.get("OMP_NUM_THREADS")
+    atomic_write_json(Path(out_dir) / "result.json", record)
+    return record
+
+
+class CountingRun:
+    """fake_run that remembers its calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def __call__(self, **kwargs) -> dict:
+        self.calls.append(kwargs)
+        return fake_run(**kwargs)
+
+
+def tiny_suite(algos=("bc", "iql"), seeds=(0, 1), **kw) -> Suite:
+    return Suite(name="tiny", algos=tuple(algos), datasets=("pendulum-medium",), seeds=tuple(seeds), steps=100,
+                 eval_every=50, eval_episodes=2, **kw)
+
+
+def write_suite(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "my_suite.toml"
+    path.write_text(text)
+    return path
+
+
+GOOD = """
+name = "mine"
+description = "a test suite"
+algos = ["bc", "td3_bc"]
+datasets = ["pendulum-medium", "d4rl:hopper-medium-v2"]
+seeds = [0, 1]
+steps = 100
+eval_every = 50
+eval_episodes = 2
+[overrides.td3_bc]
+alpha = 2.5
+"""
+
+
+# ------------------------------------------------------------------------------------------------- suites
+
+
+def test_shipped_quick_suite_loads_by_name():
+    suite = load_suite("quick")
+    assert suite.name == "quick" and suite.path.name == "quick.toml"
+    assert suite.algos == ("bc", "td3_bc", "iql") and suite.seeds == (0, 1, 2)
+    assert {"pendulum-medium", "pendulum-medium-expert"} <= set(suite.datasets)
+    assert len(suite.runs()) == 3 * len(suite.datasets) * 3
+
+
+def test_suite_from_path_expands_runs(tmp_path):
+    suite = load_suite(write_suite(tmp_path, GOOD))
+    runs = suite.runs()
+    assert [r.name for r in runs[:4]] == ["bc/pendulum-medium/seed0", "bc/pendulum-medium/seed1",
+                                          "bc/d4rl_hopper-medium-v2/seed0", "bc/d4rl_hopper-medium-v2/seed1"]
+    assert len(runs) == 8 and len({r.name for r in runs}) == 8
+    td3 = [r for r in runs if r.algo == "td3_bc"]
+    assert all(r.overrides == {"alpha": 2.5} for r in td3)
+    assert all(r.overrides == {} for r in runs if r.algo == "bc")
+    kwargs = td3[0].kwargs(tmp_path / "out")
+    assert kwargs == {"algo": "td3_bc", "dataset": "pendulum-medium", "seed": 0, "steps": 100, "eval_every": 50,
+                      "eval_episodes": 2, "out_dir": tmp_path / "out" / "td3_bc/pendulum-medium/seed0",
+                      "device": "cpu", "overrides": {"alpha": 2.5}}
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda t: "stepz = 3\n" + t, "stepz"),
+    (lambda t: t.replace("steps = 100", "steps = \"100\""), "steps"),
+    (lambda t: t.replace("steps = 100", "steps = true"), "steps"),
+    (lambda t: t.replace("eval_every = 50", "eval_every = 0"), "eval_every"),
+    (lambda t: t.replace("seeds = [0, 1]", "seeds = [\"0\"]"), "seeds"),
+    (lambda t: t.replace("seeds = [0, 1]", "seeds = [0, 0]"), "seeds"),
+    (lambda t: t.replace("seeds = [0, 1]", ""), "seeds"),
+    (lambda t: t.replace("algos = [\"bc\", \"td3_bc\"]", "algos = []"), "algos"),
+    (lambda t: t.replace("[overrides.td3_bc]", "[overrides.cql]"), "overrides.cql"),
+    (lambda t: t.replace("[overrides.td3_bc]\nalpha = 2.5", "overrides = {td3_bc = 3}"), "overrides.td3_bc"),
+])
+def test_bad_suite_names_file_and_key(tmp_path, edit, key):
+    path = write_suite(tmp_path, edit(GOOD))
+    with pytest.raises(ConfigError, match=re.escape(str(path))) as err:
+        load_suite(path)
+    assert f"'{key}'" in str(err.value)
+
+
+def test_suite_not_toml_or_unknown_name(tmp_path):
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_suite(write_suite(tmp_path, "algos = [\n"))
+    with pytest.raises(ConfigError, match="unknown suite 'nope'.*quick"):
+        load_suite("nope")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_suite(tmp_path / "missing.toml")
+
+
+# ------------------------------------------------------------------------------------------------- runner
+
+
+def test_completed_runs_are_skipped_and_unfinished_resumed(tmp_path, capsys):
+    run = CountingRun()
+    outcomes = run_suite(tiny_suite(), tmp_path, run_fn=run)
+    assert len(run.calls) == 4 and all(c["resume"] is True for c in run.calls)
+    assert [o["status"] for o in outcomes] == ["completed"] * 4 and not any(o["skipped"] for o in outcomes)
+    assert read_json(tmp_path / "iql/pendulum-medium/seed1/result.json")["seed"] == 1
+    assert (tmp_path / "suite.json").exists()
+
+    run.calls.clear()
+    outcomes = run_suite(tiny_suite(), tmp_path, run_fn=run)
+    assert run.calls == [] and all(o["skipped"] for o in outcomes)
+    assert "4 already completed (skipped)" in capsys.readouterr().err
+
+    path = tmp_path / "bc/pendulum-medium/seed1/result.json"
+    atomic_write_json(path, {**read_json(path), "status": "interrupted"})
+    outcomes = run_suite(tiny_suite(), tmp_path, run_fn=run, progress=False)
+    assert [(c["algo"], c["seed"]) for c in run.calls] == [("bc", 1)]
+    assert sum(not o["skipped"] for o in outcomes) == 1
+
+
+def test_completed_run_with_other_step_budget_runs_again(tmp_path):
+    run = CountingRun()
+    run_suite(tiny_suite(seeds=(0,)), tmp_path, run_fn=run, progress=False)
+    longer = dataclasses.replace(tiny_suite(seeds=(0,)), steps=200)
+    run_suite(longer, tmp_path, run_fn=run, progress=False)
+    assert [c["steps"] for c in run.calls] == [100, 100, 200, 200]
+
+
+def test_failed_run_does_not_stop_the_others(tmp_path, caplog):
+    outcomes = run_suite(tiny_suite(algos=("boom", "bc")), tmp_path, run_fn=fake_run, progress=False)
+    assert [(o["algo"], o["status"]) for o in outcomes] == [("boom", "failed")] * 2 + [("bc", "completed")] * 2
+    assert outcomes[0]["error"] == "RuntimeError: boom on seed 0" and outcomes[0]["result"] is None
+    assert "boom on seed 1" in (tmp_path / "boom/pendulum-medium/seed1/error.log").read_text()
+    assert not (tmp_path / "boom/pendulum-medium/seed1/result.json").exists()
+    assert "failed: RuntimeError: boom on seed 0" in caplog.text
+
+
+def test_two_worker_processes(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    outcomes = run_suite(tiny_suite(algos=("bc", "boom")), tmp_path, workers=2, run_fn=fake_run, progress=False)
+    assert [o["status"] for o in outcomes] == ["completed"] * 2 + ["failed"] * 2
+    results = [read_json(tmp_path / f"bc/pendulum-medium/seed{s}/result.json") for s in (0, 1)]
+    assert [r["threads"] for r in results] == ["1", "1"]  # one compute thread per worker
+
+
+def test_bad_runner_arguments(tmp_path):
+    with pytest.raises(UserError, match="unknown runner"):
+        run_suite(tiny_suite(), tmp_path, runner="slurm", run_fn=fake_run)
+    with pytest.raises(UserError, match="workers"):
+        run_suite(tiny_suite(), tmp_path, workers=0, run_fn=fake_run)
+    with pytest.raises(UserError, match="picklable"):
+        run_suite(tiny_suite(), tmp_path, workers=2, run_fn=lambda **kw: fake_run(**kw), progress=False)
+
+
+def test_ray_runner_without_ray_is_a_clean_user_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError
+    with pytest.raises(UserError, match=re.escape("offline-rl[ray]")):
+        run_suite(tiny_suite(), tmp_path, runner="ray", run_fn=fake_run, progress=False)
+
+
+# -------------------------------------------------------------------------------------------- leaderboard
+
+
+def write_results(root: Path) -> None:
+    """bc: 3 seeds (last 60/65/70, best 70/72/74); iql: 1 seed; one interrupted run; a dataset without references."""
+    records = [
+        make_record("bc", "pendulum-medium", 0, [70.0, 60.0], ups=900.0),
+        make_record("bc", "pendulum-medium", 1, [72.0, 65.0], ups=1100.0),
+        make_record("bc", "pendulum-medium", 2, [50.0, 74.0, 70.0], ups=1000.0),
+        make_record("iql", "pendulum-medium", 0, [40.0, 80.0]),
+        make_record("iql", "pendulum-medium", 1, [10.0], status="interrupted"),
+        make_record("bc", "my-data", 0, [None, None], behavior=None, label="user dataset"),
+    ]
+    for r in records:
+        atomic_write_json(root / r["algo"] / r["dataset"] / f"seed{r['seed']}" / "result.json", r)
+
+
+def test_aggregate_last_and_best_mean_and_sample_std(tmp_path):
+    write_results(tmp_path)
+    rows = {(r["dataset"], r["algo"]): r for r in aggregate(collect(tmp_path))}
+    bc = rows[("pendulum-medium", "bc")]
+    assert bc["n_seeds"] == 3 and bc["metric"] == "score" and bc["steps"] == 100 and bc["eval_episodes"] == 10
+    assert bc["last_mean"] == pytest.approx(65.0) and bc["last_std"] == pytest.approx(5.0)  # ddof=1
+    assert bc["best_mean"] == pytest.approx(72.0) and bc["best_std"] == pytest.approx(2.0)
+    assert bc["behavior_score"] == 40.0 and bc["updates_per_s"] == pytest.approx(1000.0)
+    iql = rows[("pendulum-medium", "iql")]  # the interrupted seed is left out
+    assert (iql["n_seeds"], iql["last_mean"], iql["last_std"], iql["best_mean"]) == (1, 80.0, 0.0, 80.0)
+    mine = rows[("my-data", "bc")]  # no reference scores: ranked by return
+    assert mine["metric"] == "return" and mine["last_mean"] == pytest.approx(-90.0) and mine["label"] == "user dataset"
+
+
+def test_markdown_csv_and_html(tmp_path):
+    write_results(tmp_path)
+    records = collect(tmp_path)
+    rows = aggregate(records)
+
+    md = to_markdown(rows)
+    assert "0–100" in md and "sample standard deviation (ddof=1" in md and "D4RL" not in md
+    assert f"## {LABEL}" in md and "Reference scores: offline-rl generated." in md and "## user dataset" in md
+    assert "| dataset | behaviour | bc | iql | seeds |" in md
+    assert "| pendulum-medium | 40.0 | last 65.0 ± 5.0 (best 72.0 ± 2.0) | **last 80.0 ± 0.0 (best 80.0 ± 0.0)** | 1/3 |" in md
+    assert "my-data (return)" in md
+
+    parsed = list(csv.DictReader(io.StringIO(to_csv(rows))))
+    bc = next(r for r in parsed if r["algo"] == "bc" and r["dataset"] == "pendulum-medium")
+    assert (bc["last_mean"], bc["last_std"], bc["best_mean"], bc["n_seeds"], bc["label"]) == (
+        "65.0", "5.0", "72.0", "3", LABEL)
+
+    page = to_html(rows, records)
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 2 and all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
+    assert "last 65.0 ± 5.0 (best 72.0 ± 2.0)" in page and "<b>last 80.0" in page
+
+
+def test_plot_curves_and_write_leaderboard(tmp_path):
+    write_results(tmp_path / "res")
+    paths = plot_curves(collect(tmp_path / "res"), tmp_path / "plots")
+    assert sorted(p.name for p in paths) == ["my-data.png", "pendulum-medium.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
+    text = write_leaderboard(tmp_path / "res", "csv", tmp_path / "board.csv")
+    assert (tmp_path / "board.csv").read_text() == text and text.startswith("label,dataset,algo")
+    with pytest.raises(UserError, match="unknown leaderboard format"):
+        write_leaderboard(tmp_path / "res", "pdf")
+
+
+def test_corrupt_results_are_skipped_with_a_warning(tmp_path, caplog):
+    write_results(tmp_path)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad/result.json").write_text("{not json")
+    (tmp_path / "bad/sub").mkdir()
+    (tmp_path / "bad/sub/result.json").write_text("[1, 2]")
+    with caplog.at_level(logging.WARNING):
+        records = collect(tmp_path)
+    assert len(records) == 6
+    assert "bad/result.json: cannot read it as JSON" in caplog.text and "not a result record" in caplog.text
+
+
+def test_missing_or_empty_results_dir_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        collect(tmp_path / "nope")
+    with pytest.raises(UserError, match="no result.json"):
+        write_leaderboard(tmp_path)
