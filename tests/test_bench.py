@@ -176,7 +176,7 @@ def test_failed_run_does_not_stop_the_others(tmp_path, caplog):
     assert outcomes[0]["error"] == "RuntimeError: boom on seed 0" and outcomes[0]["result"] is None
     assert "boom on seed 1" in (tmp_path / "boom/pendulum-medium/seed1/error.log").read_text()
     assert not (tmp_path / "boom/pendulum-medium/seed1/result.json").exists()
-    assert "failed: RuntimeError: boom on seed 0" in caplog.text
+    assert "boom/pendulum-medium/seed0 failed: RuntimeError: boom on seed 0" in caplog.text
 
 
 def test_two_worker_processes(tmp_path, monkeypatch):
@@ -206,13 +206,16 @@ def test_ray_runner_without_ray_is_a_clean_user_error(tmp_path, monkeypatch):
 
 
 def write_results(root: Path) -> None:
-    """bc: 3 seeds (last 60/65/70, best 70/72/74); iql: 1 seed; one interrupted run; a dataset without references."""
+    """bc: 3 seeds (last 60/65/70, best 70/72/74); iql: 1 seed and an interrupted run; td3_bc: a diverged run;
+    a dataset without reference scores."""
     records = [
         make_record("bc", "pendulum-medium", 0, [70.0, 60.0], ups=900.0),
         make_record("bc", "pendulum-medium", 1, [72.0, 65.0], ups=1100.0),
         make_record("bc", "pendulum-medium", 2, [50.0, 74.0, 70.0], ups=1000.0),
         make_record("iql", "pendulum-medium", 0, [40.0, 80.0]),
         make_record("iql", "pendulum-medium", 1, [10.0], status="interrupted"),
+        make_record("td3_bc", "pendulum-expert", 0, [90.0]),
+        make_record("td3_bc", "pendulum-expert", 1, [60.0, 30.0], status="diverged"),
         make_record("bc", "my-data", 0, [None, None], behavior=None, label="user dataset"),
     ]
     for r in records:
@@ -229,6 +232,9 @@ def test_aggregate_last_and_best_mean_and_sample_std(tmp_path):
     assert bc["behavior_score"] == 40.0 and bc["updates_per_s"] == pytest.approx(1000.0)
     iql = rows[("pendulum-medium", "iql")]  # the interrupted seed is left out
     assert (iql["n_seeds"], iql["last_mean"], iql["last_std"], iql["best_mean"]) == (1, 80.0, 0.0, 80.0)
+    td3 = rows[("pendulum-expert", "td3_bc")]  # a diverged run counts, with its score
+    assert (td3["n_seeds"], td3["n_diverged"], td3["last_mean"], td3["best_mean"]) == (2, 1, 60.0, 75.0)
+    assert td3["last_std"] == pytest.approx(42.4264, abs=1e-4)
     mine = rows[("my-data", "bc")]  # no reference scores: ranked by return
     assert mine["metric"] == "return" and mine["last_mean"] == pytest.approx(-90.0) and mine["label"] == "user dataset"
 
@@ -240,10 +246,10 @@ def test_markdown_csv_and_html(tmp_path):
 
     md = to_markdown(rows)
     assert "0–100" in md and "sample standard deviation (ddof=1" in md and "D4RL" not in md
-    assert f"## {LABEL}" in md and "Reference scores: offline-rl generated." in md and "## user dataset" in md
-    assert "| dataset | behaviour | bc | iql | seeds |" in md
-    assert "| pendulum-medium | 40.0 | last 65.0 ± 5.0 (best 72.0 ± 2.0) | **last 80.0 ± 0.0 (best 80.0 ± 0.0)** | 1/3 |" in md
-    assert "my-data (return)" in md
+    assert f"## Reference scores: {LABEL}" in md and "## Reference scores: user dataset" in md
+    assert "| dataset | behaviour | bc | iql | td3_bc | seeds |" in md
+    assert "| pendulum-medium | 40.0 | last 65.0 ± 5.0 (best 72.0 ± 2.0) | **last 80.0 ± 0.0 (best 80.0 ± 0.0) [n=1]** | — | 3 |" in md
+    assert "my-data (return)" in md and "| pendulum-expert | 40.0 | — | — | **last 60.0 ± 42.4 (best 75.0 ± 21.2) [1 diverged]** | 2 |" in md
 
     parsed = list(csv.DictReader(io.StringIO(to_csv(rows))))
     bc = next(r for r in parsed if r["algo"] == "bc" and r["dataset"] == "pendulum-medium")
@@ -252,14 +258,14 @@ def test_markdown_csv_and_html(tmp_path):
 
     page = to_html(rows, records)
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(images) == 2 and all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
+    assert len(images) == 3 and all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
     assert "last 65.0 ± 5.0 (best 72.0 ± 2.0)" in page and "<b>last 80.0" in page
 
 
 def test_plot_curves_and_write_leaderboard(tmp_path):
     write_results(tmp_path / "res")
     paths = plot_curves(collect(tmp_path / "res"), tmp_path / "plots")
-    assert sorted(p.name for p in paths) == ["my-data.png", "pendulum-medium.png"]
+    assert sorted(p.name for p in paths) == ["my-data.png", "pendulum-expert.png", "pendulum-medium.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
     text = write_leaderboard(tmp_path / "res", "csv", tmp_path / "board.csv")
     assert (tmp_path / "board.csv").read_text() == text and text.startswith("label,dataset,algo")
@@ -275,7 +281,7 @@ def test_corrupt_results_are_skipped_with_a_warning(tmp_path, caplog):
     (tmp_path / "bad/sub/result.json").write_text("[1, 2]")
     with caplog.at_level(logging.WARNING):
         records = collect(tmp_path)
-    assert len(records) == 6
+    assert len(records) == 8
     assert "bad/result.json: cannot read it as JSON" in caplog.text and "not a result record" in caplog.text
 
 

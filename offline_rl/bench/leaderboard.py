@@ -39,11 +39,12 @@ _REQUIRED_KEYS = ("algo", "dataset", "seed", "status", "curve")
 
 INTRO = [
     "Scores are normalised returns on the 0–100 scale, 100·(return − ref_min)/(ref_max − ref_min); each section "
-    "names the source of its reference scores. Datasets without reference scores show raw returns, marked "
+    "heading names the source of its reference scores. Datasets without reference scores show raw returns, marked "
     "\"(return)\".",
     "Cells give last and best: last = the final evaluation of each run, best = the maximum over all evaluations "
     "of each run, each as mean ± sample standard deviation (ddof=1; 0 for one seed) over seeds. The best mean "
-    "of each row (by last) is in bold.",
+    "of each row (by last) is in bold. \"seeds\" is the seed count; an algorithm with fewer seeds is marked "
+    "[n=k], and runs that diverged (counted, with their scores) are marked [k diverged].",
     "behaviour = the dataset's own normalised return, which the algorithms must beat.",
 ]
 
@@ -199,9 +200,12 @@ def _fmt(x: float | None, std: float | None = None) -> str:
     return f"{x:.1f}" if std is None else f"{x:.1f} ± {std:.1f}"
 
 
-def _cell(row: dict) -> str:
+def _cell(row: dict, n_seeds: int) -> str:
+    """"last m ± s (best m ± s)", noting diverged runs and a seed count below the row's `n_seeds`."""
     text = f"last {_fmt(row['last_mean'], row['last_std'])} (best {_fmt(row['best_mean'], row['best_std'])})"
-    return text + (f" [{row['n_diverged']} diverged]" if row["n_diverged"] else "")
+    notes = ([f"n={row['n_seeds']}"] if row["n_seeds"] < n_seeds else []) + (
+        [f"{row['n_diverged']} diverged"] if row["n_diverged"] else [])
+    return text + (f" [{', '.join(notes)}]" if notes else "")
 
 
 def _values_text(rows: list[dict], key: str) -> str:
@@ -219,14 +223,14 @@ def _tables(rows: list[dict]) -> list[_Table]:
             by_algo = {r["algo"]: r for r in drows}
             top = max((r["last_mean"] for r in drows if r["last_mean"] is not None), default=None)
             metric = drows[0]["metric"]
+            n_seeds = max(r["n_seeds"] for r in drows)
             behaviour = drows[0]["behavior_score"] if metric == "score" else None
             body.append(
                 [(dataset if metric == "score" else f"{dataset} (return)", False), (_fmt(behaviour), False)]
-                + [(_cell(by_algo[a]), top is not None and by_algo[a]["last_mean"] == top) if a in by_algo else ("—", False)
+                + [(_cell(by_algo[a], n_seeds), top is not None and by_algo[a]["last_mean"] == top) if a in by_algo else ("—", False)
                    for a in algos]
-                + [(_values_text(drows, "n_seeds"), False)])
-        notes = [f"Reference scores: {label}.",
-                 f"Steps per run: {_values_text(section, 'steps')}; evaluation episodes: "
+                + [(str(n_seeds), False)])
+        notes = [f"Steps per run: {_values_text(section, 'steps')}; evaluation episodes: "
                  f"{_values_text(section, 'eval_episodes')}."]
         tables.append(_Table(label, notes, ["dataset", "behaviour", *algos, "seeds"], body))
     return tables
@@ -240,7 +244,7 @@ def to_markdown(rows: list[dict]) -> str:
     if not rows:
         out.append("No finished runs.")
     for table in _tables(rows):
-        out += [f"## {table.label}", "", *table.notes, "",
+        out += [f"## Reference scores: {table.label}", "", *table.notes, "",
                 "| " + " | ".join(table.header) + " |",
                 "|" + "|".join(["---"] + ["---:"] * (len(table.header) - 1)) + "|"]
         out += ["| " + " | ".join(f"**{t}**" if bold else t for t, bold in cells) + " |" for cells in table.body]
@@ -266,7 +270,7 @@ def to_html(rows: list[dict], records: list[dict]) -> str:
              "td,th{border:1px solid #ccc;padding:4px 8px}td{text-align:right}td:first-child{text-align:left}"
              "</style></head><body>", "<h1>offline-rl leaderboard</h1>", *(f"<p>{e(p)}</p>" for p in INTRO)]
     for table in _tables(rows):
-        parts += [f"<h2>{e(table.label)}</h2>", *(f"<p>{e(n)}</p>" for n in table.notes), "<table>",
+        parts += [f"<h2>Reference scores: {e(table.label)}</h2>", *(f"<p>{e(n)}</p>" for n in table.notes), "<table>",
                   "<tr>" + "".join(f"<th>{e(h)}</th>" for h in table.header) + "</tr>"]
         parts += ["<tr>" + "".join(f"<td><b>{e(t)}</b></td>" if bold else f"<td>{e(t)}</td>" for t, bold in cells)
                   + "</tr>" for cells in table.body]

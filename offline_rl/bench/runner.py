@@ -59,7 +59,7 @@ def run_suite(suite: Suite, out_dir: str | os.PathLike, runner: str = "local", w
     if runner not in RUNNERS:
         raise UserError(f"unknown runner '{runner}' (choose from: {', '.join(RUNNERS)})")
     if workers < 1:
-        raise UserError(f"--workers must be at least 1, got {workers}")
+        raise UserError(f"workers must be at least 1, got {workers}")
     run_fn = run_fn or default_run_fn
     out_dir = Path(out_dir).resolve()
     specs = suite.runs()
@@ -79,10 +79,11 @@ def run_suite(suite: Suite, out_dir: str | os.PathLike, runner: str = "local", w
     for i, (spec, payload) in enumerate(_execute_all(pending, out_dir, run_fn, runner, workers, progress,
                                                      address, report), start=1):
         outcome = outcomes[spec.name] = _record(spec, out_dir, payload)
+        prefix = f"[{i}/{len(pending)}] {spec.name}"
         if outcome["status"] == "failed":
-            log.error("run %s failed: %s (traceback in %s)", spec.name, outcome["error"],
-                      spec.run_dir(out_dir) / ERROR_FILE)
-        report(f"[{i}/{len(pending)}] {spec.name}: {_describe(outcome)}")
+            log.error("%s failed: %s (traceback in %s)", prefix, outcome["error"], spec.run_dir(out_dir) / ERROR_FILE)
+        else:
+            report(f"{prefix}: {_describe(outcome['result'])}")
 
     results = [outcomes[spec.name] for spec in specs]
     report(f"suite '{suite.name}' done: {_summary(results)}")
@@ -244,13 +245,11 @@ def _completed_result(spec: RunSpec, out_dir: Path) -> dict | None:
     return result
 
 
-def _describe(outcome: dict) -> str:
-    if outcome["status"] == "failed":
-        return f"failed: {outcome['error']}"
-    result = outcome["result"]
+def _describe(result: dict) -> str:
+    """E.g. "completed, last score 65.3"."""
     score = result.get("final_score")
     value = f"last score {score:.1f}" if isinstance(score, int | float) else f"last return {result.get('final_return')}"
-    return f"{outcome['status']}, {value}"
+    return f"{result.get('status')}, {value}"
 
 
 def _summary(outcomes: list[dict]) -> str:

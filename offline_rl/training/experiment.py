@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from offline_rl.algos import Algorithm, build_config, get, make
-from offline_rl.data import load_dataset
 from offline_rl.data.dataset import Spec
 from offline_rl.errors import UserError
 from offline_rl.training.checkpoint import load_checkpoint
@@ -26,6 +25,8 @@ def run_experiment(algo: str, dataset: str, seed: int, steps: int, eval_every: i
                    out_dir: str | Path, device: str = "cpu", overrides: dict[str, Any] | None = None,
                    resume: bool = False, progress: bool | None = None) -> dict[str, Any]:
     """Train `algo` on `dataset` with `seed` and return the result record (also in `out_dir/result.json`)."""
+    from offline_rl.data import load_dataset
+
     out = Path(out_dir)
     dev = resolve_device(device)
     data = load_dataset(dataset, device=str(dev))

@@ -1,0 +1,55 @@
+"""Vectorised group and segment statistics (scatter-based, no Python loop over rows or tokens)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def dense_ids(*keys: Tensor) -> Tensor:
+    """Map rows of (key_1, ..., key_n) to 0..U-1, the same id for equal tuples."""
+    stacked = torch.stack([k.reshape(-1).long() for k in keys], dim=1)
+    return torch.unique(stacked, dim=0, return_inverse=True)[1]
+
+
+def group_stats(x: Tensor, ids: Tensor, unbiased: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-element mean, std and size of the group given by `ids` (any integers). x: (B,)."""
+    gid = dense_ids(ids)
+    n_groups = int(gid.max()) + 1 if gid.numel() else 0
+    x = x.double()
+    count = torch.zeros(n_groups, dtype=x.dtype, device=x.device).index_add_(0, gid, torch.ones_like(x))
+    total = torch.zeros_like(count).index_add_(0, gid, x)
+    mean = total / count
+    sq = torch.zeros_like(count).index_add_(0, gid, (x - mean[gid]) ** 2)
+    var = sq / (count - 1).clamp(min=1) if unbiased else sq / count
+    return mean[gid], var.sqrt()[gid], count[gid]
+
+
+def segment_mean(x: Tensor, segment_ids: Tensor, mask: Tensor) -> Tensor:
+    """For each token, the masked mean of `x` over its segment (its row and segment id). All (B, T)."""
+    B, T = x.shape
+    key = (torch.arange(B, device=x.device).unsqueeze(1) * T + segment_ids.clamp(0, T - 1)).reshape(-1)
+    m = mask.reshape(-1).to(x.dtype)
+    sums = torch.zeros(B * T, dtype=x.dtype, device=x.device).index_add(0, key, x.reshape(-1) * m)
+    counts = torch.zeros(B * T, dtype=x.dtype, device=x.device).index_add(0, key, m)
+    return (sums / counts.clamp(min=1))[key].view(B, T)
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    m = mask.to(x.dtype)
+    if dim is None:
+        return (x * m).sum() / m.sum().clamp(min=1)
+    return (x * m).sum(dim) / m.sum(dim).clamp(min=1)
+
+
+def bucket_stats(x: Tensor, bucket: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-token mean, population std and count of `x` over its bucket (bucket ids are global, any >= 0)."""
+    key = dense_ids(bucket)
+    n = int(key.max()) + 1
+    m = mask.reshape(-1).to(x.dtype)
+    xv = x.reshape(-1)
+    count = torch.zeros(n, dtype=x.dtype, device=x.device).index_add(0, key, m)
+    mean = torch.zeros_like(count).index_add(0, key, xv * m) / count.clamp(min=1)
+    var = torch.zeros_like(count).index_add(0, key, (xv - mean[key]) ** 2 * m) / count.clamp(min=1)
+    shape = x.shape
+    return mean[key].view(shape), var.sqrt()[key].view(shape), count[key].view(shape)
