@@ -12,8 +12,7 @@ fi
 stamp=.venv/.offline-rl-installed
 if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet "torch==2.13.0" || .venv/bin/python -m pip install --quiet torch \
-      --index-url https://download.pytorch.org/whl/cpu
+  .venv/bin/python -m pip install --quiet "torch==2.13.0"
   .venv/bin/python -m pip install --quiet -e ".[dev]"
   touch "$stamp"
 fi

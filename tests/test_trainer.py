@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import pendulum_dataset
+
 from offline_rl import algos
 from offline_rl.algos.base import Algorithm, register
 from offline_rl.algos.bc import BC

@@ -31,7 +31,7 @@ class BC(Algorithm):
         super().__init__(spec, config, device)
         self.normalizer = StateNormalizer(spec.obs_dim)
         self.actor = DeterministicActor(spec.obs_dim, spec.act_dim, spec.max_action, config.hidden)
-        self.optimizers["actor"] = torch.optim.Adam(self.actor.parameters(), lr=config.lr)
+        self.add_optimizer("actor", self.actor.parameters(), config.lr)
 
     def prepare(self, dataset: Dataset) -> None:
         if self.config.normalize_states:

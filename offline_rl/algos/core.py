@@ -105,8 +105,8 @@ class TD3BCBase(Algorithm):
         self.critic = TwinQ(spec.obs_dim, spec.act_dim, c.critic_hidden)
         self.actor_target = frozen_copy(self.actor)
         self.critic_target = frozen_copy(self.critic)
-        self.optimizers["actor"] = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr)
-        self.optimizers["critic"] = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr)
+        self.add_optimizer("actor", self.actor.parameters(), c.actor_lr)
+        self.add_optimizer("critic", self.critic.parameters(), c.critic_lr)
         self._last_actor_metrics: dict[str, torch.Tensor] = {}
 
     def prepare(self, dataset: Dataset) -> None:

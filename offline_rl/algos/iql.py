@@ -53,9 +53,9 @@ class IQL(Algorithm):
         self.qf_target = frozen_copy(self.qf)
         self.vf = ValueNet(spec.obs_dim, c.hidden)
         self.register_buffer("reward_multiplier", torch.ones(()))
-        self.optimizers["actor"] = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr)
-        self.optimizers["qf"] = torch.optim.Adam(self.qf.parameters(), lr=c.qf_lr)
-        self.optimizers["vf"] = torch.optim.Adam(self.vf.parameters(), lr=c.vf_lr)
+        self.add_optimizer("actor", self.actor.parameters(), c.actor_lr)
+        self.add_optimizer("qf", self.qf.parameters(), c.qf_lr)
+        self.add_optimizer("vf", self.vf.parameters(), c.vf_lr)
 
     def configure_schedule(self, total_steps: int) -> None:
         self.schedulers["actor"] = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizers["actor"], total_steps)

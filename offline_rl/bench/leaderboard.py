@@ -65,7 +65,9 @@ def collect(results_dir: str | os.PathLike) -> list[dict]:
         except (OSError, ValueError) as e:
             log.warning("skipping %s: cannot read it as JSON (%s)", path, e)
             continue
-        missing = [k for k in _REQUIRED_KEYS if k not in record] if isinstance(record, dict) else ["a JSON object"]
+        if not isinstance(record, dict):
+            record = {}
+        missing = [k for k in _REQUIRED_KEYS if k not in record]
         if missing:
             log.warning("skipping %s: not a result record (missing %s)", path, ", ".join(missing))
             continue
@@ -102,14 +104,14 @@ def aggregate(records: Iterable[dict]) -> list[dict]:
             "steps": _common(recs, lambda r: r.get("steps"), f"{algo} on {dataset}", "steps"),
             "eval_episodes": _common(recs, _eval_episodes, f"{algo} on {dataset}", "eval_episodes"),
             "last_mean": last_mean, "last_std": last_std, "best_mean": best_mean, "best_std": best_std,
-            "behavior_score": next((r["behavior_score"] for r in recs if _is_number(r.get("behavior_score"))), None),
+            "behavior_score": _behaviour(recs),
             "updates_per_s": mean_std([r.get("updates_per_s") for r in recs])[0],
         })
     return rows
 
 
 def mean_std(values: Iterable[Any]) -> tuple[float | None, float | None]:
-    """Mean and sample std (ddof=1; 0.0 for one value) of the finite numbers among `values`; (None, None) if none."""
+    """Mean and sample std (ddof=1; 0.0 for one value) of the finite numbers in `values`; (None, None) if none."""
     xs = [float(v) for v in values if _is_number(v)]
     if not xs:
         return None, None
@@ -143,7 +145,13 @@ def _is_number(v: Any) -> bool:
 
 def _metric(records: list[dict]) -> str:
     """"score" when every run of a dataset has normalised scores, else "return" (no reference scores)."""
-    return "score" if all(_is_number(r.get("final_score")) or _curve_values(r, "score") for r in records) else "return"
+    scored = all(_is_number(r.get("final_score")) or _curve_values(r, "score") for r in records)
+    return "score" if scored else "return"
+
+
+def _behaviour(records: list[dict]) -> float | None:
+    """The dataset's own normalised score (the same in every run of a dataset)."""
+    return next((r["behavior_score"] for r in records if _is_number(r.get("behavior_score"))), None)
 
 
 def _curve_values(record: dict, metric: str) -> list[float]:
@@ -161,8 +169,9 @@ def _last(record: dict, metric: str) -> float | None:
 
 
 def _best(record: dict, metric: str) -> float | None:
-    if metric == "score" and _is_number(record.get("best_score")):
-        return record["best_score"]
+    value = record.get("best_score" if metric == "score" else "best_return")
+    if _is_number(value):
+        return value
     values = _curve_values(record, metric)
     return max(values) if values else _last(record, metric)
 
@@ -210,7 +219,7 @@ def _cell(row: dict, n_seeds: int) -> str:
 
 def _values_text(rows: list[dict], key: str) -> str:
     values = sorted({r[key] for r in rows if r[key] is not None})
-    return "/".join(str(v) for v in values) or "unknown"
+    return "/".join(str(v) for v in values) or "not recorded"
 
 
 def _tables(rows: list[dict]) -> list[_Table]:
@@ -225,13 +234,13 @@ def _tables(rows: list[dict]) -> list[_Table]:
             metric = drows[0]["metric"]
             n_seeds = max(r["n_seeds"] for r in drows)
             behaviour = drows[0]["behavior_score"] if metric == "score" else None
-            body.append(
-                [(dataset if metric == "score" else f"{dataset} (return)", False), (_fmt(behaviour), False)]
-                + [(_cell(by_algo[a], n_seeds), top is not None and by_algo[a]["last_mean"] == top) if a in by_algo else ("—", False)
-                   for a in algos]
-                + [(str(n_seeds), False)])
-        notes = [f"Steps per run: {_values_text(section, 'steps')}; evaluation episodes: "
-                 f"{_values_text(section, 'eval_episodes')}."]
+            cells = [(_cell(by_algo[a], n_seeds), top is not None and by_algo[a]["last_mean"] == top)
+                     if a in by_algo else ("—", False) for a in algos]
+            name = dataset if metric == "score" else f"{dataset} (return)"
+            body.append([(name, False), (_fmt(behaviour), False), *cells, (str(n_seeds), False)])
+        notes = [f"Steps per run: {_values_text(section, 'steps')}"
+                 + (f"; evaluation episodes: {_values_text(section, 'eval_episodes')}."
+                    if any(r["eval_episodes"] for r in section) else ".")]
         tables.append(_Table(label, notes, ["dataset", "behaviour", *algos, "seeds"], body))
     return tables
 
@@ -247,7 +256,8 @@ def to_markdown(rows: list[dict]) -> str:
         out += [f"## Reference scores: {table.label}", "", *table.notes, "",
                 "| " + " | ".join(table.header) + " |",
                 "|" + "|".join(["---"] + ["---:"] * (len(table.header) - 1)) + "|"]
-        out += ["| " + " | ".join(f"**{t}**" if bold else t for t, bold in cells) + " |" for cells in table.body]
+        out += ["| " + " | ".join(f"**{text}**" if bold else text for text, bold in cells) + " |"
+                for cells in table.body]
         out.append("")
     return "\n".join(out).rstrip() + "\n"
 
@@ -258,7 +268,7 @@ def to_csv(rows: list[dict]) -> str:
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items() if k in CSV_COLUMNS})
+        writer.writerow({k: round(row[k], 4) if isinstance(row[k], float) else row[k] for k in CSV_COLUMNS})
     return buf.getvalue()
 
 
@@ -270,10 +280,10 @@ def to_html(rows: list[dict], records: list[dict]) -> str:
              "td,th{border:1px solid #ccc;padding:4px 8px}td{text-align:right}td:first-child{text-align:left}"
              "</style></head><body>", "<h1>offline-rl leaderboard</h1>", *(f"<p>{e(p)}</p>" for p in INTRO)]
     for table in _tables(rows):
-        parts += [f"<h2>Reference scores: {e(table.label)}</h2>", *(f"<p>{e(n)}</p>" for n in table.notes), "<table>",
-                  "<tr>" + "".join(f"<th>{e(h)}</th>" for h in table.header) + "</tr>"]
-        parts += ["<tr>" + "".join(f"<td><b>{e(t)}</b></td>" if bold else f"<td>{e(t)}</td>" for t, bold in cells)
-                  + "</tr>" for cells in table.body]
+        parts += [f"<h2>Reference scores: {e(table.label)}</h2>", *(f"<p>{e(n)}</p>" for n in table.notes),
+                  "<table>", "<tr>" + "".join(f"<th>{e(h)}</th>" for h in table.header) + "</tr>"]
+        parts += ["<tr>" + "".join(f"<td><b>{e(text)}</b></td>" if bold else f"<td>{e(text)}</td>"
+                                   for text, bold in cells) + "</tr>" for cells in table.body]
         parts.append("</table>")
     figures = curve_pngs(records)
     if figures:
@@ -281,8 +291,8 @@ def to_html(rows: list[dict], records: list[dict]) -> str:
     for dataset, png in figures.items():
         data = base64.b64encode(png).decode("ascii")
         parts.append(f"<figure><img alt=\"learning curves on {e(dataset)}\" src=\"data:image/png;base64,{data}\">"
-                     f"<figcaption>{e(dataset)}: mean over seeds ± sample std; dashed: behaviour score"
-                     f"</figcaption></figure>")
+                     f"<figcaption>{e(dataset)}: mean over seeds ± sample std; dashed: behaviour score</figcaption>"
+                     "</figure>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -308,7 +318,7 @@ def curve_pngs(records: Iterable[dict]) -> dict[str, bytes]:
             ax.plot(steps, means, color=colours[algo], label=f"{algo} (n={len(runs)})")
             ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                             color=colours[algo], alpha=0.2, linewidth=0)
-        behaviour = next((r["behavior_score"] for r in recs if _is_number(r.get("behavior_score"))), None)
+        behaviour = _behaviour(recs)
         if metric == "score" and behaviour is not None:
             ax.axhline(behaviour, color="0.3", linestyle="--", linewidth=1, label="behaviour")
         ax.set_title(f"{dataset} ({recs[0].get('dataset_label') or UNLABELLED})")
@@ -348,9 +358,10 @@ def plot_curves(records: Iterable[dict], out_dir: str | os.PathLike) -> list[Pat
 # ------------------------------------------------------------------------------------------------ one call
 
 
-def write_leaderboard(results_dir: str | os.PathLike, fmt: str = "md", out: str | os.PathLike | None = None) -> str:
-    """Collect, aggregate and render the results under `results_dir` as `fmt` (md, csv or html); write the text
-    to `out` (atomically) when given, and return it."""
+def write_leaderboard(results_dir: str | os.PathLike, fmt: str = "md",
+                      out: str | os.PathLike | None = None) -> str:
+    """Collect, aggregate and render the results under `results_dir` as `fmt` (md, csv or html); write the
+    text to `out` (atomically) when given, and return it."""
     if fmt not in FORMATS:
         raise UserError(f"unknown leaderboard format '{fmt}' (choose from: {', '.join(FORMATS)})")
     records = collect(results_dir)

@@ -81,7 +81,8 @@ def run_suite(suite: Suite, out_dir: str | os.PathLike, runner: str = "local", w
         outcome = outcomes[spec.name] = _record(spec, out_dir, payload)
         prefix = f"[{i}/{len(pending)}] {spec.name}"
         if outcome["status"] == "failed":
-            log.error("%s failed: %s (traceback in %s)", prefix, outcome["error"], spec.run_dir(out_dir) / ERROR_FILE)
+            log.error("%s failed: %s (traceback in %s)", prefix, outcome["error"],
+                      spec.run_dir(out_dir) / ERROR_FILE)
         else:
             report(f"{prefix}: {_describe(outcome['result'])}")
 
@@ -120,8 +121,8 @@ def _run_pool(specs: list[RunSpec], kwargs_for: Callable[[RunSpec], dict], run_f
         pickle.dumps(run_fn)
     except Exception as e:
         raise UserError(f"run_fn must be picklable (a module-level function) with workers > 1: {e}") from e
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(specs)), mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_limit_threads)
+    spawn = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(specs)), mp_context=spawn, initializer=_limit_threads)
     try:
         futures = {pool.submit(_execute, run_fn, kwargs_for(spec)): spec for spec in specs}
         for future in as_completed(futures):
@@ -247,8 +248,8 @@ def _completed_result(spec: RunSpec, out_dir: Path) -> dict | None:
 
 def _describe(result: dict) -> str:
     """E.g. "completed, last score 65.3"."""
-    score = result.get("final_score")
-    value = f"last score {score:.1f}" if isinstance(score, int | float) else f"last return {result.get('final_return')}"
+    score, ret = result.get("final_score"), result.get("final_return")
+    value = f"last score {score:.1f}" if isinstance(score, int | float) else f"last return {ret}"
     return f"{result.get('status')}, {value}"
 
 

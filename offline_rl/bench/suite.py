@@ -208,7 +208,8 @@ def _check_overrides(overrides: dict[str, Any], algos: tuple[str, ...], path: Pa
     """`[overrides.<algo>]` tables, each for an algorithm the suite runs (anything else is a typo)."""
     for algo, table in overrides.items():
         if algo not in algos:
-            raise ConfigError(f"{path}: key 'overrides.{algo}' names an algorithm not in 'algos' ({', '.join(algos)})")
+            raise ConfigError(f"{path}: key 'overrides.{algo}' names an algorithm not in 'algos' "
+                              f"({', '.join(algos)})")
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: key 'overrides.{algo}' must be a table of hyperparameters, got {table!r}")
     return {algo: dict(table) for algo, table in overrides.items()}

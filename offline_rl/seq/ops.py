@@ -25,14 +25,18 @@ def group_stats(x: Tensor, ids: Tensor, unbiased: bool = True) -> tuple[Tensor, 
     return mean[gid], var.sqrt()[gid], count[gid]
 
 
-def segment_mean(x: Tensor, segment_ids: Tensor, mask: Tensor) -> Tensor:
-    """For each token, the masked mean of `x` over its segment (its row and segment id). All (B, T)."""
+def segment_sum(x: Tensor, segment_ids: Tensor, mask: Tensor) -> Tensor:
+    """For each token, the masked sum of `x` over its segment (its row and segment id). All (B, T)."""
     B, T = x.shape
     key = (torch.arange(B, device=x.device).unsqueeze(1) * T + segment_ids.clamp(0, T - 1)).reshape(-1)
-    m = mask.reshape(-1).to(x.dtype)
-    sums = torch.zeros(B * T, dtype=x.dtype, device=x.device).index_add(0, key, x.reshape(-1) * m)
-    counts = torch.zeros(B * T, dtype=x.dtype, device=x.device).index_add(0, key, m)
-    return (sums / counts.clamp(min=1))[key].view(B, T)
+    sums = torch.zeros(B * T, dtype=x.dtype, device=x.device).index_add(0, key, (x * mask.to(x.dtype)).reshape(-1))
+    return sums[key].view(B, T)
+
+
+def segment_mean(x: Tensor, segment_ids: Tensor, mask: Tensor) -> Tensor:
+    """For each token, the masked mean of `x` over its segment."""
+    size = segment_sum(torch.ones_like(x), segment_ids, mask)
+    return segment_sum(x, segment_ids, mask) / size.clamp(min=1)
 
 
 def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
