@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -145,22 +146,20 @@ def test_suite_not_toml_or_unknown_name(tmp_path):
 
 def test_completed_runs_are_skipped_and_unfinished_resumed(tmp_path, capsys):
     run = CountingRun()
-    outcomes = run_suite(tiny_suite(), tmp_path, run_fn=run)
+    assert run_suite(tiny_suite(), tmp_path, run_fn=run) == []
     assert len(run.calls) == 4 and all(c["resume"] is True for c in run.calls)
-    assert [o["status"] for o in outcomes] == ["completed"] * 4 and not any(o["skipped"] for o in outcomes)
     assert read_json(tmp_path / "iql/pendulum-medium/seed1/result.json")["seed"] == 1
     assert (tmp_path / "suite.json").exists()
+    assert "done: 4 completed" in capsys.readouterr().err
 
     run.calls.clear()
-    outcomes = run_suite(tiny_suite(), tmp_path, run_fn=run)
-    assert run.calls == [] and all(o["skipped"] for o in outcomes)
+    assert run_suite(tiny_suite(), tmp_path, run_fn=run) == [] and run.calls == []
     assert "4 already completed (skipped)" in capsys.readouterr().err
 
     path = tmp_path / "bc/pendulum-medium/seed1/result.json"
     atomic_write_json(path, {**read_json(path), "status": "interrupted"})
-    outcomes = run_suite(tiny_suite(), tmp_path, run_fn=run, progress=False)
-    assert [(c["algo"], c["seed"]) for c in run.calls] == [("bc", 1)]
-    assert sum(not o["skipped"] for o in outcomes) == 1
+    run_suite(tiny_suite(), tmp_path, run_fn=run, progress=False)
+    assert [(c["algo"], c["seed"], c["resume"]) for c in run.calls] == [("bc", 1, True)]
 
 
 def test_completed_run_with_other_step_budget_runs_again(tmp_path):
@@ -172,18 +171,26 @@ def test_completed_run_with_other_step_budget_runs_again(tmp_path):
 
 
 def test_failed_run_does_not_stop_the_others(tmp_path, caplog):
-    outcomes = run_suite(tiny_suite(algos=("boom", "bc")), tmp_path, run_fn=fake_run, progress=False)
-    assert [(o["algo"], o["status"]) for o in outcomes] == [("boom", "failed")] * 2 + [("bc", "completed")] * 2
-    assert outcomes[0]["error"] == "RuntimeError: boom on seed 0" and outcomes[0]["result"] is None
+    failures = run_suite(tiny_suite(algos=("boom", "bc")), tmp_path, run_fn=fake_run, progress=False)
+    assert [(f["run"], f["error"]) for f in failures] == [
+        ("boom/pendulum-medium/seed0", "RuntimeError: boom on seed 0"),
+        ("boom/pendulum-medium/seed1", "RuntimeError: boom on seed 1")]
     assert "boom on seed 1" in (tmp_path / "boom/pendulum-medium/seed1/error.log").read_text()
     assert not (tmp_path / "boom/pendulum-medium/seed1/result.json").exists()
+    assert [read_json(tmp_path / f"bc/pendulum-medium/seed{s}/result.json")["status"] for s in (0, 1)] == [
+        "completed", "completed"]
     assert "boom/pendulum-medium/seed0 failed: RuntimeError: boom on seed 0" in caplog.text
 
 
+def _clear_thread_vars(monkeypatch) -> None:
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)  # also undoes what the runner sets in this process
+
+
 def test_two_worker_processes(tmp_path, monkeypatch):
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    outcomes = run_suite(tiny_suite(algos=("bc", "boom")), tmp_path, workers=2, run_fn=fake_run, progress=False)
-    assert [o["status"] for o in outcomes] == ["completed"] * 2 + ["failed"] * 2
+    _clear_thread_vars(monkeypatch)
+    failures = run_suite(tiny_suite(algos=("bc", "boom")), tmp_path, workers=2, run_fn=fake_run, progress=False)
+    assert sorted(f["run"] for f in failures) == ["boom/pendulum-medium/seed0", "boom/pendulum-medium/seed1"]
     results = [read_json(tmp_path / f"bc/pendulum-medium/seed{s}/result.json") for s in (0, 1)]
     assert [r["threads"] for r in results] == ["1", "1"]  # one compute thread per worker
 
@@ -201,6 +208,67 @@ def test_ray_runner_without_ray_is_a_clean_user_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError
     with pytest.raises(UserError, match=re.escape("offline-rl[ray]")):
         run_suite(tiny_suite(), tmp_path, runner="ray", run_fn=fake_run, progress=False)
+
+
+class FakeRay(types.ModuleType):
+    """Just enough of Ray's API to drive the ray runner in this process. A task runs when it is submitted and
+    writes into `remote_root` (another machine's disk), so the driver must bring the result files home."""
+
+    class Ref:
+        def __init__(self, value) -> None:
+            self.value = value
+
+    def __init__(self, remote_root: Path) -> None:
+        super().__init__("ray")
+        self.remote_root, self.initialized, self.address = remote_root, False, "unset"
+        self.in_flight, self.max_in_flight, self.options_seen = 0, 0, []
+
+    def is_initialized(self) -> bool:
+        return self.initialized
+
+    def init(self, address=None) -> None:
+        self.initialized, self.address = True, address
+
+    def shutdown(self) -> None:
+        self.initialized = False
+
+    def remote(self, fn):
+        ray = self
+
+        class Task:
+            def options(self, **kw):
+                ray.options_seen.append(kw)
+                return self
+
+            def remote(self, run_fn, kwargs):
+                ray.in_flight += 1
+                ray.max_in_flight = max(ray.max_in_flight, ray.in_flight)
+                out_dir = ray.remote_root / f"{kwargs['algo']}-{kwargs['seed']}"
+                return FakeRay.Ref(fn(run_fn, {**kwargs, "out_dir": out_dir}))
+
+        return Task()
+
+    def wait(self, refs, num_returns=1):
+        return refs[:num_returns], refs[num_returns:]
+
+    def get(self, ref):
+        self.in_flight -= 1
+        return ref.value
+
+    def cancel(self, ref) -> None:
+        pass
+
+
+def test_ray_runner_with_a_fake_ray(tmp_path, monkeypatch):
+    _clear_thread_vars(monkeypatch)
+    ray = FakeRay(tmp_path / "remote")
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    failures = run_suite(tiny_suite(algos=("bc", "boom"), seeds=(0, 1, 2)), tmp_path / "out", runner="ray",
+                         workers=2, run_fn=fake_run, progress=False, address="ray://head:10001")
+    assert len(failures) == 3 and ray.address == "ray://head:10001" and not ray.initialized
+    assert ray.max_in_flight == 2 and ray.options_seen[0] == {"num_cpus": 1, "num_gpus": 0}
+    assert [read_json(tmp_path / f"out/bc/pendulum-medium/seed{s}/result.json")["seed"] for s in (0, 1, 2)] == [
+        0, 1, 2]
 
 
 # -------------------------------------------------------------------------------------------- leaderboard
@@ -294,3 +362,13 @@ def test_missing_or_empty_results_dir_is_a_user_error(tmp_path):
         collect(tmp_path / "nope")
     with pytest.raises(UserError, match="no result.json"):
         write_leaderboard(tmp_path)
+
+
+def test_run_kwargs_match_run_experiment():
+    """The runner's keyword arguments bind to the real `run_experiment` (no training happens)."""
+    import inspect
+
+    from offline_rl.training import run_experiment
+
+    spec = tiny_suite().runs()[0]
+    inspect.signature(run_experiment).bind(**spec.kwargs("out"), resume=True, progress=False)

@@ -1,20 +1,22 @@
 """Run every (algorithm, dataset, seed) of a suite: one after another, in local worker processes, or on Ray.
 
 Each run writes `<out_dir>/<algo>/<dataset>/seed<k>/result.json`. A run whose result file already says
-"completed" (for the suite's step budget) is skipped, so re-running a suite after a crash only does the missing
-runs; the others are started with `resume=True` and continue from their checkpoint. A failing run is logged
-(with its traceback in `error.log` next to where its result would be) and the other runs go on.
+"completed" (for the suite's step budget) is skipped, so re-running a suite after a crash only does the
+missing runs; those are started with `resume=True` and continue from their checkpoint. A failing run is
+logged (its traceback goes to `error.log` in its run folder) and the other runs go on.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing
 import os
 import pickle
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,8 @@ RUNNERS = ("local", "ray")
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 RunFn = Callable[..., Any]
-# What `_execute` returns for one run: {"result": dict | None, "error": str | None, "traceback": str | None}.
+KwargsFor = Callable[[RunSpec], dict[str, Any]]
+# What one run gives back: {"result": dict | None, "error": str | None, "traceback": str | None}.
 Payload = dict[str, Any]
 
 
@@ -44,17 +47,16 @@ def default_run_fn(**kwargs: Any) -> dict:
 
 def run_suite(suite: Suite, out_dir: str | os.PathLike, runner: str = "local", workers: int = 1,
               run_fn: RunFn | None = None, progress: bool = True, address: str | None = None) -> list[dict]:
-    """Run the suite's runs that are not completed yet, and return one outcome per run, in suite order.
+    """Run the suite's runs that are not completed yet; return the failures (an empty list: all went well).
 
-    An outcome is `{"run", "algo", "dataset", "seed", "run_dir", "status", "skipped", "error", "result"}` where
-    `status` is the result's status ("completed", "diverged", "interrupted") or "failed" (then `error` holds
-    "ExceptionType: message" and `result` is None), and `skipped` is True for runs completed before this call.
-    The failures are `[o for o in outcomes if o["status"] == "failed"]`.
+    A failure is `{"run", "algo", "dataset", "seed", "run_dir", "error"}` with `error` "ExceptionType: message";
+    the traceback is in `<run_dir>/error.log`. A run that ends "diverged" or "interrupted" is not a failure.
 
-    `runner="local"` runs in this process (`workers=1`) or in `workers` spawned processes with one compute thread
-    each; `runner="ray"` sends one task per run to `ray.init(address=address)` (a local Ray instance when None).
-    `run_fn` takes `run_experiment`'s keyword arguments and must write `out_dir/result.json`; with `workers > 1`
-    it must be picklable (a module-level function).
+    `runner="local"` runs in this process (`workers=1`) or in `workers` spawned processes with one compute
+    thread each; `runner="ray"` keeps up to `workers` tasks in flight on `ray.init(address=address)` (a local
+    Ray instance when None). `run_fn` takes `run_experiment`'s keyword arguments and writes
+    `out_dir/result.json`; with local `workers > 1` it must be picklable (a module-level function).
+    Progress lines go to stderr when `progress`, else to the debug log.
     """
     if runner not in RUNNERS:
         raise UserError(f"unknown runner '{runner}' (choose from: {', '.join(RUNNERS)})")
@@ -63,58 +65,55 @@ def run_suite(suite: Suite, out_dir: str | os.PathLike, runner: str = "local", w
     run_fn = run_fn or default_run_fn
     out_dir = Path(out_dir).resolve()
     specs = suite.runs()
-    outcomes: dict[str, dict] = {}
-    pending: list[RunSpec] = []
-    for spec in specs:
-        done = _completed_result(spec, out_dir)
-        if done is None:
-            pending.append(spec)
-        else:
-            outcomes[spec.name] = _outcome(spec, out_dir, done, skipped=True)
+    pending = [spec for spec in specs if not _is_completed(spec, out_dir)]
     report = _reporter(progress)
     report(f"suite '{suite.name}': {len(specs)} runs, {len(specs) - len(pending)} already completed (skipped), "
            f"{len(pending)} to run -> {out_dir}")
     atomic_write_json(out_dir / "suite.json", suite.to_dict())
 
+    counts: Counter[str] = Counter(skipped=len(specs) - len(pending))
+    failures = []
     for i, (spec, payload) in enumerate(_execute_all(pending, out_dir, run_fn, runner, workers, progress,
                                                      address, report), start=1):
-        outcome = outcomes[spec.name] = _record(spec, out_dir, payload)
         prefix = f"[{i}/{len(pending)}] {spec.name}"
-        if outcome["status"] == "failed":
-            log.error("%s failed: %s (traceback in %s)", prefix, outcome["error"],
-                      spec.run_dir(out_dir) / ERROR_FILE)
+        failure = _record(spec, out_dir, payload)
+        if failure is None:
+            counts[payload["result"].get("status", "unknown")] += 1
+            report(f"{prefix}: {_describe(payload['result'])}")
         else:
-            report(f"{prefix}: {_describe(outcome['result'])}")
-
-    results = [outcomes[spec.name] for spec in specs]
-    report(f"suite '{suite.name}' done: {_summary(results)}")
-    return results
+            counts["failed"] += 1
+            failures.append(failure)
+            log.error("%s failed: %s (traceback in %s)", prefix, failure["error"],
+                      Path(failure["run_dir"]) / ERROR_FILE)
+    report(f"suite '{suite.name}' done: " + ", ".join(f"{n} {key}" for key, n in counts.items() if n))
+    return failures
 
 
 def _execute_all(specs: list[RunSpec], out_dir: Path, run_fn: RunFn, runner: str, workers: int, progress: bool,
                  address: str | None, report: Callable[[str], None]) -> Iterator[tuple[RunSpec, Payload]]:
-    """Yield `(spec, payload)` for each run as it finishes, with the chosen runner."""
+    """Yield `(spec, payload)` for each run as it finishes, with the chosen runner. Only a sequential run
+    shows its own progress bar; parallel runs would draw over each other."""
     if not specs:
         return iter(())
+
+    def kwargs_for(spec: RunSpec) -> dict[str, Any]:
+        return {**spec.kwargs(out_dir), "resume": True, "progress": progress and workers == 1}
+
     if runner == "ray":
-        return _run_ray(specs, lambda s: _kwargs(s, out_dir, progress=False), run_fn, address)
+        return _run_ray(specs, kwargs_for, run_fn, workers, address)
     if workers == 1:
-        return _run_sequential(specs, lambda s: _kwargs(s, out_dir, progress=progress), run_fn, report)
-    return _run_pool(specs, lambda s: _kwargs(s, out_dir, progress=False), run_fn, workers)
+        return _run_sequential(specs, kwargs_for, run_fn, report)
+    return _run_pool(specs, kwargs_for, run_fn, workers)
 
 
-def _kwargs(spec: RunSpec, out_dir: Path, progress: bool) -> dict[str, Any]:
-    return {**spec.kwargs(out_dir), "resume": True, "progress": progress}
-
-
-def _run_sequential(specs: Iterable[RunSpec], kwargs_for: Callable[[RunSpec], dict], run_fn: RunFn,
+def _run_sequential(specs: list[RunSpec], kwargs_for: KwargsFor, run_fn: RunFn,
                     report: Callable[[str], None]) -> Iterator[tuple[RunSpec, Payload]]:
     for spec in specs:
         report(f"running {spec.name}")
         yield spec, _execute(run_fn, kwargs_for(spec))
 
 
-def _run_pool(specs: list[RunSpec], kwargs_for: Callable[[RunSpec], dict], run_fn: RunFn,
+def _run_pool(specs: list[RunSpec], kwargs_for: KwargsFor, run_fn: RunFn,
               workers: int) -> Iterator[tuple[RunSpec, Payload]]:
     """Runs in `workers` spawned processes (spawn: safe with torch and CUDA), one compute thread each."""
     try:
@@ -128,36 +127,46 @@ def _run_pool(specs: list[RunSpec], kwargs_for: Callable[[RunSpec], dict], run_f
         for future in as_completed(futures):
             try:
                 payload = future.result()
-            except Exception as e:  # the worker process died (BrokenProcessPool): this run is lost, not the suite
+            except Exception as e:  # the worker process died (BrokenProcessPool): its run is lost, not the suite
                 payload = _failure(e)
             yield futures[future], payload
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _run_ray(specs: list[RunSpec], kwargs_for: Callable[[RunSpec], dict], run_fn: RunFn,
+def _run_ray(specs: list[RunSpec], kwargs_for: KwargsFor, run_fn: RunFn, workers: int,
              address: str | None) -> Iterator[tuple[RunSpec, Payload]]:
-    """One Ray task per run (1 CPU; 1 GPU when the suite's device is CUDA). Results come back to this machine."""
+    """One Ray task per run (1 CPU; 1 GPU when the suite's device is CUDA), at most `workers` in flight.
+    The result record comes back with the task, so runs on other machines end up in `out_dir` here too."""
     ray = import_ray()
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address)
+    todo = iter(specs)
+    in_flight: dict[Any, RunSpec] = {}
+
+    def submit(spec: RunSpec) -> None:
+        gpus = 1 if spec.device.startswith("cuda") else 0
+        in_flight[task.options(num_cpus=1, num_gpus=gpus).remote(run_fn, kwargs_for(spec))] = spec
+
     try:
         task = ray.remote(_execute_single_thread)
-        refs = {
-            task.options(num_cpus=1, num_gpus=1 if spec.device.startswith("cuda") else 0).remote(
-                run_fn, kwargs_for(spec)): spec
-            for spec in specs
-        }
-        waiting = list(refs)
-        while waiting:
-            ready, waiting = ray.wait(waiting, num_returns=1)
+        for spec in itertools.islice(todo, workers):
+            submit(spec)
+        while in_flight:
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            spec = in_flight.pop(ready[0])
             try:
                 payload = ray.get(ready[0])
             except Exception as e:  # the worker or its node died: only this run is lost
                 payload = _failure(e)
-            yield refs[ready[0]], payload
+            next_spec = next(todo, None)
+            if next_spec is not None:
+                submit(next_spec)
+            yield spec, payload
     finally:
+        for ref in in_flight:
+            ray.cancel(ref)
         if started_here:
             ray.shutdown()
 
@@ -175,27 +184,27 @@ def _limit_threads() -> None:
     """One compute thread per worker (unless the user set the variables), so N workers share N cores."""
     for var in _THREAD_VARS:
         os.environ.setdefault(var, "1")
-    torch = sys.modules.get("torch")  # the variables only act on a later import; a loaded torch is told directly
+    torch = sys.modules.get("torch")  # the variables act on a later import; a torch already loaded is told
     if torch is not None:
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def _execute(run_fn: RunFn, kwargs: dict[str, Any]) -> Payload:
-    """Do one run and return its result; an exception becomes a failure payload so the other runs go on."""
+    """Do one run and return its result record; an exception becomes a failure, so the other runs go on."""
     try:
         returned = run_fn(**kwargs)
     except Exception as e:
         return _failure(e)
     result = _read_result(Path(kwargs["out_dir"]) / RESULT_FILE)
-    if result is None:
-        result = returned if isinstance(returned, dict) and "status" in returned else None
+    if result is None and isinstance(returned, dict) and "status" in returned:
+        result = returned
     if result is None:
         return {"result": None, "error": f"the run ended without writing {RESULT_FILE}", "traceback": None}
     return {"result": result, "error": None, "traceback": None}
 
 
 def _execute_single_thread(run_fn: RunFn, kwargs: dict[str, Any]) -> Payload:
-    """`_execute` for a Ray worker process."""
+    """`_execute` in a Ray worker process."""
     _limit_threads()
     return _execute(run_fn, kwargs)
 
@@ -205,24 +214,21 @@ def _failure(e: BaseException) -> Payload:
             "traceback": "".join(traceback.format_exception(type(e), e, e.__traceback__))}
 
 
-def _record(spec: RunSpec, out_dir: Path, payload: Payload) -> dict:
-    """Turn a payload into an outcome, keeping the run folder in step: the result file (a Ray worker on another
-    machine wrote it there, not here) and `error.log` (written on failure, removed on success)."""
+def _record(spec: RunSpec, out_dir: Path, payload: Payload) -> dict | None:
+    """Bring the run folder up to date with a finished run, and return its failure record (None: no failure).
+
+    On success the result file is written here if missing (a Ray worker on another machine wrote it there)
+    and a stale `error.log` is removed; on failure the traceback goes to `error.log`.
+    """
     run_dir = spec.run_dir(out_dir)
-    result = payload["result"]
-    if result is None:
+    if payload["result"] is None:
         atomic_write_text(run_dir / ERROR_FILE, payload["traceback"] or payload["error"] + "\n")
-        return {**_outcome(spec, out_dir, None, skipped=False), "status": "failed", "error": payload["error"]}
+        return {"run": spec.name, "algo": spec.algo, "dataset": spec.dataset, "seed": spec.seed,
+                "run_dir": str(run_dir), "error": payload["error"]}
     if not (run_dir / RESULT_FILE).exists():
-        atomic_write_json(run_dir / RESULT_FILE, result)
+        atomic_write_json(run_dir / RESULT_FILE, payload["result"])
     (run_dir / ERROR_FILE).unlink(missing_ok=True)
-    return _outcome(spec, out_dir, result, skipped=False)
-
-
-def _outcome(spec: RunSpec, out_dir: Path, result: dict | None, skipped: bool) -> dict:
-    return {"run": spec.name, "algo": spec.algo, "dataset": spec.dataset, "seed": spec.seed,
-            "run_dir": str(spec.run_dir(out_dir)), "status": result.get("status") if result else None,
-            "skipped": skipped, "error": None, "result": result}
+    return None
 
 
 def _read_result(path: Path) -> dict | None:
@@ -234,16 +240,17 @@ def _read_result(path: Path) -> dict | None:
     return result if isinstance(result, dict) else None
 
 
-def _completed_result(spec: RunSpec, out_dir: Path) -> dict | None:
-    """The run's result when it is completed for the suite's step budget; otherwise None (run it)."""
+def _is_completed(spec: RunSpec, out_dir: Path) -> bool:
+    """Whether the run has a finished result (completed, or diverged: rerunning would diverge again) for the suite's
+    step budget; then it is skipped."""
     result = _read_result(spec.run_dir(out_dir) / RESULT_FILE)
-    if result is None or result.get("status") != "completed":
-        return None
+    if result is None or result.get("status") not in ("completed", "diverged"):
+        return False
     if result.get("steps") != spec.steps:
         log.warning("%s: completed with steps=%s but the suite asks for %s; running it again",
                     spec.name, result.get("steps"), spec.steps)
-        return None
-    return result
+        return False
+    return True
 
 
 def _describe(result: dict) -> str:
@@ -251,15 +258,6 @@ def _describe(result: dict) -> str:
     score, ret = result.get("final_score"), result.get("final_return")
     value = f"last score {score:.1f}" if isinstance(score, int | float) else f"last return {ret}"
     return f"{result.get('status')}, {value}"
-
-
-def _summary(outcomes: list[dict]) -> str:
-    """E.g. "4 completed, 1 failed, 7 skipped"."""
-    counts: dict[str, int] = {}
-    for o in outcomes:
-        key = "skipped" if o["skipped"] else o["status"]
-        counts[key] = counts.get(key, 0) + 1
-    return ", ".join(f"{n} {key}" for key, n in counts.items())
 
 
 def _reporter(progress: bool) -> Callable[[str], None]:

@@ -164,6 +164,9 @@ def benchmark(
     spec = load_suite(suite)
     out = out or Path("results") / spec.name
     failures = run_suite(spec, out, runner=runner, workers=workers, address=address)
+    if len(failures) == len(spec.runs()):
+        typer.echo(f"all {len(failures)} run(s) failed; see {out}/*/*/*/error.log", err=True)
+        raise typer.Exit(1)
     for fmt in ("csv", "html"):
         write_leaderboard(out, fmt, out / f"leaderboard.{fmt}")
     table = write_leaderboard(out, "md", out / "leaderboard.md")

@@ -41,6 +41,8 @@ class RunResult:
     behavior_score: float | None
     seed: int
     steps: int
+    eval_every: int
+    eval_episodes: int
     config: dict[str, Any]
     curve: list[list[float | None]] = field(default_factory=list)
     final_score: float | None = None
@@ -78,7 +80,8 @@ def train(algo: Algorithm, dataset: Dataset, steps: int, seed: int = 0, eval_eve
     summary = dataset.summary()
     result = RunResult(algo=algo.name, dataset=dataset.name or dataset.source, dataset_source=dataset.source,
                        dataset_label=dataset.label, behavior_score=summary["normalized_return_mean"], seed=seed,
-                       steps=steps, config=_config_dict(algo.config), device=str(algo.device))
+                       steps=steps, eval_every=eval_every, eval_episodes=eval_episodes,
+                       config=_config_dict(algo.config), device=str(algo.device))
 
     algo.configure_schedule(steps)
     algo.prepare(dataset)
