@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -61,14 +62,33 @@ def td3bc_lambda(q: torch.Tensor, alpha: float, eps: float = 0.0) -> torch.Tenso
     return alpha / (q.abs().mean().detach() + eps)
 
 
+@torch.no_grad()
+def td3_next_action(actor_target: nn.Module, batch: Batch, policy_noise: float, noise_clip: float,
+                    max_action: float) -> torch.Tensor:
+    """TD3's smoothed target action ã′ = clip(π_targ(s′) + clip(ε, −c, c), ±max_action), ε ~ N(0, σ²)."""
+    noise = (torch.randn_like(batch.actions) * policy_noise).clamp(-noise_clip, noise_clip)
+    return (actor_target(batch.next_observations) + noise).clamp(-max_action, max_action)
+
+
+@torch.no_grad()
+def td3_backup(critic: TwinQ, batch: Batch, next_action: torch.Tensor, discount: float,
+               rewards: torch.Tensor) -> torch.Tensor:
+    """r + γ(1 − d)·min_i Q_i(s′, ã′), no gradient (with the target critic: TD3's y)."""
+    return rewards + discount * (1.0 - batch.dones) * critic(batch.next_observations, next_action).min(0).values
+
+
 def td3_target(critic_target: TwinQ, actor_target: nn.Module, batch: Batch, discount: float,
                policy_noise: float, noise_clip: float, max_action: float, rewards: torch.Tensor) -> torch.Tensor:
     """y = r + γ(1 − d)·min_i Q_i,targ(s′, clip(π_targ(s′) + clip(ε, −c, c), ±max_action)), ε ~ N(0, σ²)."""
-    with torch.no_grad():
-        noise = (torch.randn_like(batch.actions) * policy_noise).clamp(-noise_clip, noise_clip)
-        next_action = (actor_target(batch.next_observations) + noise).clamp(-max_action, max_action)
-        next_q = critic_target(batch.next_observations, next_action).min(0).values
-        return rewards + discount * (1.0 - batch.dones) * next_q
+    next_action = td3_next_action(actor_target, batch, policy_noise, noise_clip, max_action)
+    return td3_backup(critic_target, batch, next_action, discount, rewards)
+
+
+class TD3Backup(NamedTuple):
+    """What the critic step bootstrapped from: the smoothed target action ã′ and TD3's target y."""
+
+    next_action: torch.Tensor
+    target: torch.Tensor
 
 
 @dataclass
@@ -87,13 +107,17 @@ class TD3BCConfig:
     normalize_states: bool = True
     actor_hidden: tuple[int, ...] = (256, 256)
     critic_hidden: tuple[int, ...] = (256, 256)
+    reward_scale: float = 1.0  # r′ = scale·r + shift at sampling time (PRDC/A2PR antmaze: 10000, −1)
+    reward_shift: float = 0.0
 
 
 class TD3BCBase(Algorithm):
     """TD3 twin critic + delayed actor with loss −λ·mean(Q₁(s, π(s))) + weight·MSE(π(s), target).
 
     Subclasses change only `bc_target` (PRDC: nearest dataset action; A2PR: advantage-selected action) and may add
-    networks trained in `extra_updates`, which runs after the critic step and before the actor step.
+    networks trained in `extra_updates`, which runs after the critic step and before the actor step. Within one
+    update, `self.backup` holds the critic step's (ã′, y) and `bc_target` may put tensors in `self.bc_metrics`,
+    which the actor step reports.
     """
 
     def __init__(self, spec: Spec, config: TD3BCConfig, device: str | torch.device = "cpu") -> None:
@@ -108,14 +132,20 @@ class TD3BCBase(Algorithm):
         self.add_optimizer("actor", self.actor.parameters(), c.actor_lr)
         self.add_optimizer("critic", self.critic.parameters(), c.critic_lr)
         self._last_actor_metrics: dict[str, torch.Tensor] = {}
+        self.backup: TD3Backup | None = None
+        self.bc_metrics: dict[str, torch.Tensor] = {}
 
     def prepare(self, dataset: Dataset) -> None:
         if self.config.normalize_states:
             self.normalizer.fit(dataset)
 
     def normalize(self, batch: Batch) -> Batch:
-        return batch._replace(observations=self.normalizer(batch.observations),
-                              next_observations=self.normalizer(batch.next_observations))
+        """z-scored states and, when configured, r′ = scale·r + shift (the fixed PRDC semantics: the reward only)."""
+        batch = batch._replace(observations=self.normalizer(batch.observations),
+                               next_observations=self.normalizer(batch.next_observations))
+        if self.config.reward_scale != 1.0 or self.config.reward_shift != 0.0:
+            batch = batch._replace(rewards=batch.rewards * self.config.reward_scale + self.config.reward_shift)
+        return batch
 
     def bc_target(self, batch: Batch, pi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
         """The behaviour-cloning target and its weight. TD3+BC: the dataset action, weight 1."""
@@ -127,8 +157,10 @@ class TD3BCBase(Algorithm):
 
     def critic_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         c = self.config
-        y = td3_target(self.critic_target, self.actor_target, batch, c.discount, c.policy_noise * self.max_action,
-                       c.noise_clip * self.max_action, self.max_action, batch.rewards)
+        next_action = td3_next_action(self.actor_target, batch, c.policy_noise * self.max_action,
+                                      c.noise_clip * self.max_action, self.max_action)
+        y = td3_backup(self.critic_target, batch, next_action, c.discount, batch.rewards)
+        self.backup = TD3Backup(next_action, y)
         q = self.critic(batch.observations, batch.actions)
         critic_loss = (q - y).pow(2).mean(1).sum()  # MSE(Q1, y) + MSE(Q2, y)
         self.optimize("critic", critic_loss)
@@ -144,7 +176,7 @@ class TD3BCBase(Algorithm):
         self.optimize("actor", actor_loss)
         soft_update(self.critic_target, self.critic, self.config.tau)
         soft_update(self.actor_target, self.actor, self.config.tau)
-        return {"actor_loss": actor_loss.detach(), "bc_loss": bc_loss.detach(), "lambda": lmbda}
+        return {"actor_loss": actor_loss.detach(), "bc_loss": bc_loss.detach(), "lambda": lmbda, **self.bc_metrics}
 
     def update(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         """One TD3 iteration; `step` counts from 1, so the first actor update is at step `policy_freq`."""

@@ -7,6 +7,7 @@ seed and behaviour policy. A card's own keys override the family's.
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,6 @@ import numpy as np
 
 from offline_rl.errors import DatasetError
 from offline_rl.paths import resource_dir
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 LABEL_GENERATED = "offline-rl generated"
 _REQUIRED = ("env_id", "level", "description", "label", "steps", "seed", "behaviour")
@@ -66,12 +62,16 @@ def _cards_in(path: Path) -> list[Card]:
     shared = {k: v for k, v in family.items() if k != "name"}
     cards = []
     for name, table in doc.items():
-        if name == "family" or not isinstance(table, dict):
+        if name == "family":
             continue
+        if not isinstance(table, dict):
+            raise DatasetError(f"{path}: top-level key '{name}' belongs in [family] or in a card table")
         merged = {**shared, **table}
         for key in _REQUIRED:
             if key not in merged:
                 raise DatasetError(f"{path}: card '{name}' has no key '{key}'")
+        if not isinstance(merged["behaviour"], dict):
+            raise DatasetError(f"{path}: card '{name}' key 'behaviour' must be a table, e.g. {{ policy = \"random\" }}")
         unknown = set(merged) - set(Card.__dataclass_fields__)
         if unknown:
             raise DatasetError(f"{path}: card '{name}' has unknown keys {sorted(unknown)}")
@@ -106,11 +106,11 @@ def cards_for_env(env_id: str) -> list[Card]:
     return [card for card in load_cards().values() if card.env_id == env_id]
 
 
-def measure_reference_scores(card: Card) -> tuple[float, float]:
+def measure_reference_scores(card: Card, episodes: int | None = None) -> tuple[float, float]:
     """(random, expert) mean returns for the card's family, measured as the card file says.
 
     Random = uniform random actions; expert = the behaviour of the family's `expert` level. Each is the mean
-    over `ref_episodes` episodes seeded `ref_seed + k` (see `offline_rl.envs.rollout`).
+    over `ref_episodes` (or `episodes`) episodes seeded `ref_seed + k` (see `offline_rl.envs.rollout`).
     """
     from offline_rl.envs.controllers import make_policy
     from offline_rl.envs.rollout import run_episodes
@@ -121,6 +121,6 @@ def measure_reference_scores(card: Card) -> tuple[float, float]:
     scores = []
     for behaviour in ({"policy": "random"}, experts[0].behaviour):
         policy = make_policy(behaviour, card.env_id, seed=card.ref_seed)
-        returns, _ = run_episodes(card.env_id, policy, card.ref_episodes, card.ref_seed, **card.env_kwargs)
+        returns, _ = run_episodes(card.env_id, policy, episodes or card.ref_episodes, card.ref_seed, **card.env_kwargs)
         scores.append(float(np.mean(returns)))
     return scores[0], scores[1]

@@ -53,7 +53,9 @@ class Dataset:
     """Transitions as float32 tensors of first dimension N, plus what evaluation needs.
 
     `terminals` is the bootstrap mask. `timeouts` marks rows whose episode was cut by the time limit (kept only in
-    keep-truncated mode). `episode_ids` numbers episodes from 0 in file order.
+    keep-truncated mode). `episode_ids` numbers episodes from 0 in file order and indexes `episode_returns` (the
+    full returns of the raw episodes, including rows dropped on load). `env_kwargs` are extra `gymnasium.make`
+    arguments the evaluation env needs (from a Minari env spec; usually empty).
     """
 
     observations: torch.Tensor
@@ -72,6 +74,7 @@ class Dataset:
     family: str = ""
     label: str = ""
     episode_returns: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    env_kwargs: dict = field(default_factory=dict)
     _dones_f: torch.Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 from torch.distributions import Normal
+from torch.nn import functional as F
 
 
 def mlp(in_dim: int, out_dim: int, hidden: Sequence[int] = (256, 256), activation: type[nn.Module] = nn.ReLU,
@@ -47,6 +48,19 @@ class EnsembleLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
+class EnsembleLayerNorm(nn.Module):
+    """LayerNorm over the last dim with separate affine parameters per member: [n, B, d] -> [n, B, d]."""
+
+    def __init__(self, n: int, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n, 1, dim))
+        self.bias = nn.Parameter(torch.zeros(n, 1, dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.bias, F.layer_norm(x, x.shape[-1:], eps=self.eps), self.weight)
+
+
 class EnsembleMLP(nn.Module):
     """`n` MLPs evaluated together. Input [B, in] (shared) or [n, B, in]; output [n, B, out]."""
 
@@ -58,8 +72,8 @@ class EnsembleMLP(nn.Module):
         layers: list[nn.Module] = []
         for d_in, d_out in zip(dims[:-1], dims[1:]):
             layers.append(EnsembleLinear(n, d_in, d_out))
-            if layer_norm:
-                layers.append(nn.LayerNorm(d_out))
+            if layer_norm:  # one LayerNorm per member, as in separate networks (O-DICE's TwinV)
+                layers.append(EnsembleLayerNorm(n, d_out))
             layers.append(activation())
         layers.append(EnsembleLinear(n, dims[-1], out_dim))
         self.net = nn.Sequential(*layers)
@@ -117,21 +131,49 @@ class GaussianActor(nn.Module):
     """IQL's policy: N(tanh(f(s)), exp(log_std)) with a state-independent log-std clamped to [−20, 2] (CORL).
 
     `forward` returns the deterministic action max_action · mean, clipped; `dist` returns the distribution over
-    normalised actions for the AWR log-likelihood.
+    normalised actions for the AWR log-likelihood. `tanh_mean=False` leaves the mean unsquashed (O-DICE's
+    `GaussianPolicy`, which also clamps the log-std to [−5, 2]: `log_std_min=-5`).
     """
 
     LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
     def __init__(self, obs_dim: int, act_dim: int, max_action: float, hidden: Sequence[int] = (256, 256),
-                 dropout: float | None = None) -> None:
+                 dropout: float | None = None, tanh_mean: bool = True, log_std_min: float = LOG_STD_MIN) -> None:
         super().__init__()
-        self.net = mlp(obs_dim, act_dim, hidden, out_activation=nn.Tanh, dropout=dropout)
+        self.net = mlp(obs_dim, act_dim, hidden, out_activation=nn.Tanh if tanh_mean else None, dropout=dropout)
         self.log_std = nn.Parameter(torch.zeros(act_dim))
         self.max_action = max_action
+        self.log_std_min = log_std_min
 
     def dist(self, obs: torch.Tensor) -> Normal:
-        std = self.log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX).exp()
+        std = self.log_std.clamp(self.log_std_min, self.LOG_STD_MAX).exp()
         return Normal(self.net(obs), std)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return (self.max_action * self.net(obs)).clamp(-self.max_action, self.max_action)
+
+
+class ConditionalVAE(nn.Module):
+    """BCQ's VAE of actions given states: encoder (s, a) → (μ, log σ) with log σ clamped to [−4, 15]; decoder
+    (s, z) → max_action·tanh(·). A2PR uses it with 750-750 layers and latent dim 2·act_dim."""
+
+    def __init__(self, obs_dim: int, act_dim: int, latent_dim: int, max_action: float,
+                 hidden: Sequence[int] = (750, 750)) -> None:
+        super().__init__()
+        self.encoder = mlp(obs_dim + act_dim, 2 * latent_dim, hidden)  # one head holding [μ, log σ]
+        self.decoder = mlp(obs_dim + latent_dim, act_dim, hidden, out_activation=nn.Tanh)
+        self.latent_dim = latent_dim
+        self.max_action = max_action
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode, sample z = μ + σ·ε (reparameterised), decode. Returns (reconstruction, μ, σ)."""
+        mean, log_std = self.encoder(torch.cat([obs, act], -1)).chunk(2, dim=-1)
+        std = log_std.clamp(-4.0, 15.0).exp()
+        z = mean + std * torch.randn_like(std)
+        return self.decode(obs, z), mean, std
+
+    def decode(self, obs: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode z; without z, sample z ~ N(0, I) clipped to [−0.5, 0.5] (BCQ)."""
+        if z is None:
+            z = torch.randn(obs.shape[0], self.latent_dim, device=obs.device).clamp(-0.5, 0.5)
+        return self.max_action * self.decoder(torch.cat([obs, z], -1))

@@ -64,15 +64,17 @@ class CharTokenizer:
 
     def to_hf(self) -> Any:
         """The same vocabulary as a `transformers.PreTrainedTokenizerFast` (for tools that need an HF tokenizer)."""
-        from tokenizers import Tokenizer
+        from tokenizers import Tokenizer, decoders
         from tokenizers.models import BPE
         from transformers import PreTrainedTokenizerFast
 
         vocab = {tok: i for i, tok in enumerate(self.itos)}
         tok = Tokenizer(BPE(vocab=vocab, merges=[], unk_token=None))  # no merges: one token per character
         tok.add_special_tokens(list(SPECIALS))
+        tok.decoder = decoders.Fuse()  # characters join without spaces
         return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>",
-                                       eos_token="<eos>", padding_side="left")
+                                       eos_token="<eos>", padding_side="left",
+                                       clean_up_tokenization_spaces=False)
 
 
 class HFTokenizer:

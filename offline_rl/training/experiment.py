@@ -23,10 +23,18 @@ RUN = "run.json"
 
 def run_experiment(algo: str, dataset: str, seed: int, steps: int, eval_every: int, eval_episodes: int,
                    out_dir: str | Path, device: str = "cpu", overrides: dict[str, Any] | None = None,
-                   resume: bool = False, progress: bool | None = None) -> dict[str, Any]:
-    """Train `algo` on `dataset` with `seed` and return the result record (also in `out_dir/result.json`)."""
+                   resume: bool = False, progress: bool | None = None, threads: int | None = 1) -> dict[str, Any]:
+    """Train `algo` on `dataset` with `seed` and return the result record (also in `out_dir/result.json`).
+
+    `threads` sets torch's intra-op CPU threads (None: leave torch's default). One thread is the default: the
+    networks are small, and on a loaded machine OpenMP threads competing for cores can slow a step by 10x or more.
+    """
+    import torch
+
     from offline_rl.data import load_dataset
 
+    if threads:
+        torch.set_num_threads(threads)
     out = Path(out_dir)
     dev = resolve_device(device)
     data = load_dataset(dataset, device=str(dev))

@@ -33,7 +33,8 @@ def beta_moment_fit(p: Tensor) -> tuple[float, float]:
 
 def beta_pdf(p: Tensor, alpha: float, beta: float) -> Tensor:
     log_b = math.lgamma(alpha) + math.lgamma(beta) - math.lgamma(alpha + beta)
-    return torch.exp((alpha - 1) * torch.log(p) + (beta - 1) * torch.log1p(-p) - log_b)
+    a1, b1 = torch.tensor(alpha - 1.0, dtype=p.dtype), torch.tensor(beta - 1.0, dtype=p.dtype)
+    return torch.exp(torch.xlogy(a1, p) + torch.special.xlog1py(b1, -p) - log_b)  # 0 * log 0 = 0
 
 
 def bnpo_component(r: Tensor, ctx: LossContext, alpha: float | None, beta: float | None,

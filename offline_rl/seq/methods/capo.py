@@ -2,14 +2,14 @@
 
 Our formulation (UNVERIFIED against the paper): a curvature model of the last layer. With h_t the LM head's input
 and z_t = W h_t the logits, a gradient-ascent step on sum A log pi moves the head by
-    dW_i = eta sum_{t in i} A_{i,t} (e_{y_t} - pi_t) h_t^T                 (sample i alone)
-and the logits of any token s by dz_s = dW h_s = eta sum_t (h_s . h_t) A_t (e_{y_t} - pi_t). The predicted KL is
+    dW_i = (eta/N) sum_{t in i} A_{i,t} (e_{y_t} - pi_t) h_t^T            (sample i alone; N valid tokens)
+and the logits of any token s by dz_s = dW h_s = (eta/N) sum_t (h_s . h_t) A_t (e_{y_t} - pi_t): eta is the step
+size of plain SGD on the head under a token-mean loss (the spec's sketch has no 1/N). The predicted KL is
     KL_s ~ 1/2 dz_s^T (diag pi_s - pi_s pi_s^T) dz_s.
 Sample masking: drop samples whose own predicted KL (mean over their tokens) exceeds delta, then, while the
 predicted KL of the kept samples' joint update (mean over all valid tokens) exceeds delta, drop the kept sample
 with the largest own KL. Token masking: zero the tokens whose predicted KL under the joint update exceeds
-delta_token. delta = inf gives the base loss. eta stands for the step size of the head (a plain SGD step).
-"""
+delta_token. delta = inf gives the base loss. """
 
 from __future__ import annotations
 
@@ -29,9 +29,10 @@ def head_probs(hidden: Tensor, weight: Tensor) -> Tensor:
 
 
 def logit_gradients(ctx: LossContext, probs: Tensor) -> Tensor:
-    """u_t = A_t m_t (e_{y_t} - pi_t): the ascent direction of each token in logit space, (B, T, V)."""
+    """u_t = A_t m_t (e_{y_t} - pi_t) / N: each token's ascent direction in logit space, (B, T, V)."""
     onehot = torch.nn.functional.one_hot(ctx.token_ids, probs.shape[-1]).to(probs.dtype)
-    return (ctx.token_advantages * ctx.mask).double()[..., None] * (onehot - probs)
+    weight = (ctx.token_advantages * ctx.mask).double() / ctx.mask.sum().clamp(min=1)
+    return weight[..., None] * (onehot - probs)
 
 
 def predicted_kl(dz: Tensor, probs: Tensor) -> Tensor:

@@ -38,6 +38,7 @@ def max_variance_subset(a: Tensor, m: int) -> Tensor:
     n = a.numel()
     if m >= n:
         return torch.arange(n)
+    a = a.detach().cpu()
     order = torch.sort(a.double(), stable=True).indices
     s = a.double()[order]
     k = torch.arange(m + 1)  # k from the top, m - k from the bottom
@@ -58,8 +59,8 @@ def d3s_samples(ctx: LossContext, m_frac: float = 0.5, scope: str = "group", sch
     m = round(m_frac * n), scheduled from m_frac to 1 (UNVERIFIED schedule; `schedule_kind="constant"` fixes it).
     """
     frac = schedule(ctx.step, ctx.total_steps, m_frac, 1.0, schedule_kind, horizon)
-    a = ctx.token_advantages.mul(ctx.mask).sum(-1) / ctx.mask.sum(-1).clamp(min=1)  # per-sequence advantage
-    gid = dense_ids(ctx.group_ids) if scope == "group" else torch.zeros_like(ctx.group_ids)
+    a = (ctx.token_advantages.mul(ctx.mask).sum(-1) / ctx.mask.sum(-1).clamp(min=1)).cpu()  # per-sequence A
+    gid = (dense_ids(ctx.group_ids) if scope == "group" else torch.zeros_like(ctx.group_ids)).cpu()
     keep = torch.zeros(a.shape[0], dtype=torch.bool)
     for g in torch.unique(gid).tolist():  # a loop over groups, not tokens
         rows = torch.nonzero(gid == g).squeeze(1)

@@ -23,10 +23,10 @@ from offline_rl.seq.registry import ADVANTAGES
 def step_table(values: Tensor, segment_ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """Per (row, step) slot: the mean of `values` and whether the step exists; both (B, T) indexed [b, k]."""
     B, T = values.shape
-    key = (torch.arange(B).unsqueeze(1) * T + segment_ids.clamp(0, T - 1)).reshape(-1)
+    key = (torch.arange(B, device=values.device).unsqueeze(1) * T + segment_ids.clamp(0, T - 1)).reshape(-1)
     m = mask.reshape(-1).to(values.dtype)
-    sums = torch.zeros(B * T, dtype=values.dtype).index_add(0, key, values.reshape(-1) * m)
-    counts = torch.zeros(B * T, dtype=values.dtype).index_add(0, key, m)
+    sums = torch.zeros(B * T, dtype=values.dtype, device=values.device).index_add(0, key, values.reshape(-1) * m)
+    counts = torch.zeros_like(sums).index_add(0, key, m)
     return (sums / counts.clamp(min=1)).view(B, T), (counts > 0).view(B, T)
 
 

@@ -28,8 +28,11 @@ def _shared(keys: tuple[Tensor, ...], valid: Tensor, positive: Tensor, negative:
     """True where the (group, position, token) key occurs in a positive and in a negative completion."""
     ids = dense_ids(*keys).view(valid.shape)
     n = int(ids.max()) + 1
-    pos = torch.zeros(n).index_add_(0, ids.reshape(-1), (valid & positive[:, None]).reshape(-1).float())
-    neg = torch.zeros(n).index_add_(0, ids.reshape(-1), (valid & negative[:, None]).reshape(-1).float())
+    def count(rows: Tensor) -> Tensor:
+        hits = (valid & rows[:, None]).reshape(-1).float()
+        return torch.zeros(n, device=valid.device).index_add_(0, ids.reshape(-1), hits)
+
+    pos, neg = count(positive), count(negative)
     active = (positive | negative)[:, None]
     return (pos[ids] > 0) & (neg[ids] > 0) & valid & active
 
@@ -43,7 +46,7 @@ def conflict_masks(token_ids: Tensor, mask: Tensor, group_ids: Tensor, positive:
     """(forward run, backward run) of conflict tokens, each (B, T) bool. Completions are left-aligned."""
     B, T = token_ids.shape
     valid = mask > 0
-    t = torch.arange(T).expand(B, T)
+    t = torch.arange(T, device=token_ids.device).expand(B, T)
     g = group_ids[:, None].expand(B, T)
     fwd = _leading_run(_shared((g, t, token_ids), valid, positive, negative))
     length = valid.sum(-1, keepdim=True)

@@ -24,7 +24,7 @@ def top_fraction(score: Tensor, mask: Tensor, rho: float) -> Tensor:
     """0/1 weights keeping the ceil(rho * N) valid tokens with the largest score (ties: the earlier token)."""
     valid = mask.reshape(-1) > 0
     n_keep = math.ceil(rho * int(valid.sum()))
-    flat = torch.where(valid, score.reshape(-1).double(), torch.tensor(-math.inf, dtype=torch.double))
+    flat = torch.where(valid, score.reshape(-1).double(), -math.inf)
     order = torch.sort(-flat, stable=True).indices[:n_keep]
     keep = torch.zeros_like(flat).index_fill_(0, order, 1.0)
     return keep.view_as(mask).to(mask.dtype)

@@ -1,0 +1,153 @@
+"""SAC with automatic entropy tuning (Haarnoja et al., "Soft Actor-Critic Algorithms and Applications", 2018).
+
+One update, in the order of the authors' softlearning code (critic → actor → temperature → target):
+
+    Q:  J_Q = ½ Σ_i E[(Q_i(s, a) − y)²],  y = r + γ(1 − d)·(min_i Q_i,targ(s′, a′) − α log π(a′|s′)),  a′ ~ π(·|s′)
+    π:  J_π = E[α log π(ã|s) − min_i Q_i(s, ã)],  ã = tanh(μ(s) + σ(s)·ε)   (reparameterised; ε ~ N(0, I))
+    α:  J(log α) = −E[log α · (log π(ã|s) + H̄)],  H̄ = −|A|,  ã a fresh sample from the updated actor
+    θ_targ ← τ θ + (1 − τ) θ_targ,  τ = 0.005, every step
+
+The actor acts in the normalised box [−1, 1]^|A| (softlearning rescales the env's actions the same way) and emits
+env actions a = scale·tanh(u) + bias; log π is the density of the normalised action tanh(u), so the entropy target
+−|A| does not depend on the env's action bounds. Observations are not normalised. `policy()` is the deterministic
+actor (tanh of the mean). Online interaction goes through `explore` (a sampled action) and
+`offline_rl.training.train_online`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from offline_rl.algos.base import Algorithm, register
+from offline_rl.algos.core import frozen_copy, soft_update
+from offline_rl.data.dataset import Batch, Spec
+from offline_rl.nets import TwinQ, mlp
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+_LOG_2 = math.log(2.0)
+
+
+class TanhGaussianActor(nn.Module):
+    """π(a|s) = scale·tanh(u) + bias, u ~ N(μ(s), σ(s)²), with a state-dependent log σ clamped to [−20, 2].
+
+    One MLP outputs [μ, log σ]. `forward` is the deterministic action scale·tanh(μ) + bias (evaluation, export);
+    `sample` draws a reparameterised action and returns log π of its normalised value tanh(u), with the tanh
+    change-of-variables term: log π = Σ_j [log N(u_j; μ_j, σ_j) − log(1 − tanh(u_j)²)].
+    """
+
+    LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # the original SAC code's LOG_SIG_CAP_MIN/MAX
+
+    def __init__(self, obs_dim: int, act_dim: int, action_low: Sequence[float], action_high: Sequence[float],
+                 hidden: Sequence[int] = (256, 256)) -> None:
+        super().__init__()
+        self.act_dim = act_dim
+        self.net = mlp(obs_dim, 2 * act_dim, hidden)
+        low = torch.as_tensor(action_low, dtype=torch.float32)
+        high = torch.as_tensor(action_high, dtype=torch.float32)
+        self.register_buffer("action_scale", (high - low) / 2.0)
+        self.register_buffer("action_bias", (high + low) / 2.0)
+
+    def mean_log_std(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        return mean, log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        mean, _ = self.mean_log_std(obs)
+        return self.action_scale * torch.tanh(mean) + self.action_bias
+
+    def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(env action, log π of the normalised action) for a reparameterised draw; log π has shape [B]."""
+        mean, log_std = self.mean_log_std(obs)
+        eps = torch.randn(mean.shape, dtype=mean.dtype, device=mean.device, generator=generator)
+        u = mean + log_std.exp() * eps
+        # log N(u; μ, σ) = −ε²/2 − log σ − log(2π)/2;  log(1 − tanh²u) = 2(log 2 − u − softplus(−2u)) (stable form)
+        log_prob = (-0.5 * eps.pow(2) - log_std - _HALF_LOG_2PI - 2.0 * (_LOG_2 - u - F.softplus(-2.0 * u))).sum(-1)
+        return self.action_scale * torch.tanh(u) + self.action_bias, log_prob
+
+
+@dataclass
+class SACConfig:
+    """SAC v2 defaults (Haarnoja et al. 2018b, Table 1); sources for each value in `algos/sac.toml`."""
+
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    alpha_lr: float = 3e-4
+    discount: float = 0.99
+    tau: float = 0.005
+    batch_size: int = 256
+    hidden: tuple[int, ...] = (256, 256)
+    init_alpha: float = 1.0                 # log α starts at 0 (softlearning, CleanRL)
+    autotune_alpha: bool = True             # False: α stays at init_alpha (SAC v1 with a fixed temperature)
+    target_entropy: float | None = None     # None: −|A|
+    target_update_interval: int = 1
+    # online interaction (read by `train_online`)
+    start_steps: int = 10_000               # uniform-random actions before the first update
+    buffer_size: int = 1_000_000
+    updates_per_step: int = 1               # gradient steps per env step
+
+
+@register("sac")
+class SAC(Algorithm):
+    Config = SACConfig
+
+    def __init__(self, spec: Spec, config: SACConfig, device: str | torch.device = "cpu") -> None:
+        super().__init__(spec, config, device)
+        c = config
+        self.actor = TanhGaussianActor(spec.obs_dim, spec.act_dim, spec.action_low, spec.action_high, c.hidden)
+        self.critic = TwinQ(spec.obs_dim, spec.act_dim, c.hidden)
+        self.critic_target = frozen_copy(self.critic)
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(c.init_alpha)), requires_grad=c.autotune_alpha)
+        self.target_entropy = float(-spec.act_dim if c.target_entropy is None else c.target_entropy)
+        self.add_optimizer("actor", self.actor.parameters(), c.actor_lr)
+        self.add_optimizer("critic", self.critic.parameters(), c.critic_lr)
+        if c.autotune_alpha:
+            self.add_optimizer("alpha", [self.log_alpha], c.alpha_lr)
+
+    def update(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        c = self.config
+        obs = batch.observations
+        alpha = self.log_alpha.detach().exp()
+
+        # Critic: soft Bellman target through the target twin critic and a fresh next action.
+        with torch.no_grad():
+            next_action, next_log_pi = self.actor.sample(batch.next_observations)
+            next_q = self.critic_target(batch.next_observations, next_action).min(0).values
+            y = batch.rewards + c.discount * (1.0 - batch.dones) * (next_q - alpha * next_log_pi)
+        q = self.critic(obs, batch.actions)
+        critic_loss = 0.5 * (q - y).pow(2).mean(1).sum()
+        self.optimize("critic", critic_loss)
+
+        # Actor: reparameterised KL to the soft Q (critic frozen, so no critic weight gradients are computed).
+        self.critic.requires_grad_(False)
+        action, log_pi = self.actor.sample(obs)
+        actor_loss = (alpha * log_pi - self.critic(obs, action).min(0).values).mean()
+        self.optimize("actor", actor_loss)
+        self.critic.requires_grad_(True)
+
+        metrics = {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(),
+                   "q_mean": q.detach().mean(), "entropy": -log_pi.detach().mean(), "alpha": alpha}
+        # Temperature: dual gradient step on log α with a sample from the updated actor.
+        if c.autotune_alpha:
+            with torch.no_grad():
+                _, new_log_pi = self.actor.sample(obs)
+            alpha_loss = -self.log_alpha * (new_log_pi.mean() + self.target_entropy)
+            self.optimize("alpha", alpha_loss)
+            metrics["alpha_loss"] = alpha_loss.detach()
+        if step % c.target_update_interval == 0:
+            soft_update(self.critic_target, self.critic, c.tau)
+        return metrics
+
+    @torch.no_grad()
+    def explore(self, obs: torch.Tensor) -> torch.Tensor:
+        """A sampled (stochastic) env action for data collection."""
+        return self.actor.sample(obs)[0]
+
+    def policy(self) -> nn.Module:
+        """The deterministic actor, scale·tanh(μ(s)) + bias; its `sample` method gives the stochastic policy."""
+        return self.actor

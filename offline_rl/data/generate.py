@@ -1,0 +1,252 @@
+"""Roll out a behaviour policy in a vector env and write the episodes as a Minari dataset.
+
+Size: `steps` is a lower bound on the number of transitions. Collection stops at the first step where the
+finished episodes hold at least `steps` transitions; every finished episode is kept whole and the episodes still
+running are discarded, so the dataset holds only complete episodes (ended by termination or the env's time
+limit) and slightly more than `steps` transitions.
+
+Determinism: sub-env i is reset with seed + i, later episodes continue each sub-env's own RNG, and the behaviour
+policy's noise comes from its own generator seeded from `seed`; episodes are stored in the order they finish
+(ties by sub-env index). The same arguments give the same dataset.
+
+Writing: the dataset is built in a temporary folder beside the target and renamed into place, so an interrupted
+or concurrent generation never leaves a half-written dataset under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from offline_rl.data.cards import LABEL_GENERATED, Card, cards_for_env, get_card, load_cards
+from offline_rl.data.minari_io import METADATA_KEY, cache_root
+from offline_rl.envs import is_registered, make_env, make_vector_env
+from offline_rl.envs.controllers import describe_behaviour, make_policy
+from offline_rl.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+NUM_ENVS = 8
+DEFAULT_STEPS = 100_000
+MIX_SEED_STRIDE = 100_000
+"""Component k of a mixed dataset (e.g. medium-expert) is rolled out with seed + k·MIX_SEED_STRIDE."""
+
+Policy = Callable[[np.ndarray], np.ndarray]
+
+
+def collect_episodes(env_id: str, policy: Policy, steps: int, seed: int, num_envs: int = NUM_ENVS,
+                     **env_kwargs: Any) -> list[dict[str, Any]]:
+    """Whole episodes (dicts of numpy arrays, T + 1 observations) holding at least `steps` transitions."""
+    envs = make_vector_env(env_id, num_envs, seed=seed, **env_kwargs)
+    try:
+        act_dtype = envs.single_action_space.dtype
+        obs, _ = envs.reset(seed=[seed + i for i in range(num_envs)])
+        rows: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "act", "rew", "term", "trunc", "next")}
+        running = np.zeros(num_envs, dtype=np.int64)
+        finished = 0
+        while finished < steps:
+            action = np.asarray(policy(obs), dtype=act_dtype)
+            new_obs, reward, terminated, truncated, info = envs.step(action)
+            done = terminated | truncated
+            next_obs = np.array(new_obs, copy=True)
+            for i in np.flatnonzero(done):  # same-step autoreset: the true last observation is in the info
+                next_obs[i] = info["final_obs"][i]
+            for key, value in zip(rows, (obs, action, reward, terminated, truncated, next_obs), strict=True):
+                rows[key].append(value)
+            running += 1
+            finished += int(running[done].sum())
+            running[done] = 0
+            obs = new_obs
+    finally:
+        envs.close()
+    data = {k: np.stack(v) for k, v in rows.items()}  # (time, env, ...)
+    ends = data["term"] | data["trunc"]
+    episodes = []
+    for i in range(num_envs):
+        start = 0
+        for end in np.flatnonzero(ends[:, i]):
+            episodes.append((int(end), i, {
+                "seed": seed + i if start == 0 else None,
+                "observations": np.concatenate([data["obs"][start:end + 1, i], data["next"][end, i][None]]),
+                "actions": data["act"][start:end + 1, i],
+                "rewards": data["rew"][start:end + 1, i],
+                "terminations": data["term"][start:end + 1, i],
+                "truncations": data["trunc"][start:end + 1, i],
+            }))
+            start = end + 1
+    return [ep for _, _, ep in sorted(episodes, key=lambda e: (e[0], e[1]))]
+
+
+@dataclass
+class _Plan:
+    """What to roll out and where it goes."""
+
+    env_id: str
+    dataset_id: str
+    parts: list[tuple[Policy | dict[str, Any], int, int]]  # (policy or behaviour table, steps, seed)
+    ref_scores: tuple[float | None, float | None]
+    description: str
+    metadata: dict[str, Any]
+    env_kwargs: dict[str, Any]
+
+
+def _card_parts(card: Card, steps: int, seed: int) -> list[tuple[dict[str, Any], int, int]]:
+    mix = card.behaviour.get("mix")
+    if mix is None:
+        return [(card.behaviour, steps, seed)]
+    cards = load_cards(Path(card.file).parent)
+    parts = []
+    for k, name in enumerate(mix):
+        if name not in cards or "mix" in cards[name].behaviour:
+            raise DatasetError(f"{card.file}: card '{card.name}' mixes '{name}', which is not a plain card")
+        part_steps = steps // len(mix) + (steps % len(mix) if k == len(mix) - 1 else 0)
+        parts.append((cards[name].behaviour, part_steps, seed + k * MIX_SEED_STRIDE))
+    return parts
+
+
+def _plan(name_or_env_id: str, policy: Policy | None, steps: int | None, seed: int | None,
+          level: str | None) -> _Plan:
+    card = get_card(name_or_env_id)
+    if card is None and level is not None and is_registered(name_or_env_id):
+        card = next((c for c in cards_for_env(name_or_env_id) if c.level == level), None)
+    if card is not None:
+        steps = card.steps if steps is None else steps
+        seed = card.seed if seed is None else seed
+        default = policy is None and steps == card.steps and seed == card.seed
+        lvl = card.level if policy is None else "custom"
+        dataset_id = (card.dataset_id if default else
+                      f"offline-rl/{card.family}/{lvl}-seed{seed}-steps{steps}-v{card.version}")
+        parts = _card_parts(card, steps, seed) if policy is None else [(policy, steps, seed)]
+        behaviour = card.behaviour if policy is None else {"policy": getattr(policy, "__name__", "custom")}
+        return _Plan(card.env_id, dataset_id, parts, (card.ref_min_score, card.ref_max_score), card.description,
+                     {"card": card.name if default else dataset_id, "family": card.family, "level": lvl,
+                      "behaviour": behaviour}, dict(card.env_kwargs))
+    if not is_registered(name_or_env_id):
+        names = ", ".join(sorted(load_cards()))
+        raise DatasetError(f"cannot generate '{name_or_env_id}': not a dataset card ({names}) and not a gymnasium "
+                           "env id")
+    env_id, seed, steps = name_or_env_id, seed or 0, steps or DEFAULT_STEPS
+    if policy is None and level != "random":
+        raise DatasetError(f"generating on {env_id} needs a policy, or level='random'"
+                           + ("" if level is None else f" (no card for {env_id} has level '{level}')"))
+    behaviour: Policy | dict[str, Any] = policy if policy is not None else {"policy": "random"}
+    lvl = level or "custom"
+    family_cards = cards_for_env(env_id)
+    refs = (family_cards[0].ref_min_score, family_cards[0].ref_max_score) if family_cards else (None, None)
+    dataset_id = f"offline-rl/{env_id}/{lvl}-seed{seed}-steps{steps}-v0"
+    desc = f"{lvl} behaviour on {env_id}, {steps} transitions, seed {seed}"
+    return _Plan(env_id, dataset_id, [(behaviour, steps, seed)], refs, desc,
+                 {"card": dataset_id, "family": env_id, "level": lvl,
+                  "behaviour": behaviour if isinstance(behaviour, dict) else {"policy": "custom"}}, {})
+
+
+@contextlib.contextmanager
+def _minari_datasets_path(path: Path) -> Iterator[None]:
+    """Point Minari's `MINARI_DATASETS_PATH` at `path` for the duration (not thread-safe)."""
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(path)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
+
+
+def _write(plan: _Plan, episodes: list[dict[str, Any]], root: Path, overwrite: bool, metadata: dict[str, Any]) -> Path:
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    buffers = [EpisodeBuffer(id=k, **ep) for k, ep in enumerate(episodes)]
+    final = root / plan.dataset_id
+    root.mkdir(parents=True, exist_ok=True)
+    tmp_root = Path(tempfile.mkdtemp(prefix=".generating-", dir=root))
+    ref_min, ref_max = plan.ref_scores
+    refs = {"ref_min_score": ref_min, "ref_max_score": ref_max} if None not in plan.ref_scores else {}
+    try:
+        env = make_env(plan.env_id, **plan.env_kwargs)
+        with _minari_datasets_path(tmp_root), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Minari warns about unset author e-mail, permalink and eval env
+            ds = minari.create_dataset_from_buffers(
+                plan.dataset_id, buffers, env=env, author="offline-rl",
+                algorithm_name=metadata["behaviour_description"], description=plan.description, **refs)
+            ds.storage.update_metadata({METADATA_KEY: metadata})
+        env.close()
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            if not overwrite:
+                return final  # a concurrent generation finished first; its data is identical
+            shutil.rmtree(final)
+        os.replace(tmp_root / plan.dataset_id, final)
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    return final
+
+
+def generate_dataset(name_or_env_id: str, policy: Policy | None = None, steps: int | None = None,
+                     seed: int | None = None, out: str | os.PathLike | None = None, level: str | None = None,
+                     num_envs: int = NUM_ENVS, overwrite: bool = True) -> Path:
+    """Roll out a behaviour and write a Minari dataset; returns its folder (`<root>/<dataset id>`).
+
+    `name_or_env_id` is a card name (its behaviour, steps and seed are the defaults; a card's default dataset
+    is the one `load_dataset(name)` uses) or a gymnasium env id with `level` (a card level for that env, or
+    `"random"`) or a `policy` (a callable: observation batch -> action batch, numpy). `seed=None` takes the
+    card's seed (0 otherwise). `out` is the Minari root folder (default: `$OFFLINE_RL_HOME/minari`).
+    The reference scores (card's measured random and expert returns) go into the Minari metadata.
+    """
+    if steps is not None and steps <= 0:
+        raise DatasetError(f"steps must be > 0, got {steps}")
+    plan = _plan(name_or_env_id, policy, steps, seed, level)
+    start = time.perf_counter()
+    episodes: list[dict[str, Any]] = []
+    for behaviour, part_steps, part_seed in plan.parts:
+        pol = make_policy(behaviour, plan.env_id, part_seed) if isinstance(behaviour, dict) else behaviour
+        episodes += collect_episodes(plan.env_id, pol, part_steps, part_seed, num_envs, **plan.env_kwargs)
+    total_steps = sum(len(ep["actions"]) for ep in episodes)
+    descriptions = [describe_behaviour(b) if isinstance(b, dict) else "custom policy" for b, _, _ in plan.parts]
+    metadata = {**plan.metadata, "label": LABEL_GENERATED, "env_id": plan.env_id,
+                "steps": sum(s for _, s, _ in plan.parts), "seed": plan.parts[0][2], "num_envs": num_envs,
+                "recipe": _recipe(plan, num_envs), "behaviour_description": " | ".join(descriptions),
+                "generator": __name__}
+    path = _write(plan, episodes, Path(out) if out is not None else cache_root(), overwrite, metadata)
+    log.info("generated %s: %d transitions in %d episodes, %.1f s", plan.dataset_id, total_steps, len(episodes),
+             time.perf_counter() - start)
+    return path
+
+
+def _recipe(plan: _Plan, num_envs: int) -> list[Any] | None:
+    """What determines the data (env, behaviours, sizes, seeds); None for a custom callable policy."""
+    if not all(isinstance(b, dict) for b, _, _ in plan.parts):
+        return None
+    return [plan.env_id, plan.env_kwargs, num_envs, [[b, s, seed] for b, s, seed in plan.parts]]
+
+
+def ensure_card_dataset(card: Card) -> Path:
+    """The folder of the card's default dataset in the cache, generated on first use.
+
+    A cached dataset whose recipe (behaviours, sizes, seeds) differs from the card's, because the card file was
+    edited, is generated again.
+    """
+    path = cache_root() / card.dataset_id
+    meta_file = path / "data" / "metadata.json"
+    if meta_file.is_file():
+        cached = json.loads(meta_file.read_text()).get(METADATA_KEY, {}).get("recipe")
+        wanted = json.loads(json.dumps(_recipe(_plan(card.name, None, None, None, None), NUM_ENVS)))
+        if cached == wanted:
+            return path
+        log.warning("%s: the cached dataset does not match the card any more; generating it again", card.name)
+    generate_dataset(card.name, overwrite=meta_file.is_file())
+    return path

@@ -1,0 +1,208 @@
+"""The online loop: act in gymnasium vector envs, store transitions in a device-resident replay buffer, update.
+
+Works with any algorithm that has `explore(obs) -> action` (a sampled env action, no grad) besides the usual
+`update` and `policy`; SAC is the built-in one. Each loop iteration steps all `num_envs` sub-envs once, adds their
+transitions, then runs `updates_per_step · num_envs` gradient steps, so there is one update per env step by
+default. The first `start_steps` env steps take uniform-random actions and run no updates (CleanRL's
+`learning_starts`).
+
+Terminal vs truncation: the bootstrap mask is `terminated` only. A time-limit truncation is stored with
+done = 0 and, like a termination, with the sub-env's true last observation (`info["final_obs"]`, same-step
+autoreset) as next_obs, never the reset observation.
+
+Seeding (python, numpy, torch, env resets, action-space sampling, replay sampling) makes a run on CPU
+reproducible. Checkpoints are atomic and hold the algorithm with its optimisers, the RNG states, the step and the
+curve; they do not hold the replay buffer or the env states, so an online run is not resumable. Actor snapshots
+(`policy().state_dict()`, float32 on CPU) can be written at chosen env steps for the behaviour-policy zoo.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from offline_rl.algos.base import Algorithm
+from offline_rl.data.dataset import Batch
+from offline_rl.envs import make_vector_env
+from offline_rl.evaluation import evaluate
+from offline_rl.training.checkpoint import save_checkpoint
+from offline_rl.training.progress import ProgressReporter
+from offline_rl.training.seeding import get_rng_state, seed_everything
+from offline_rl.training.trainer import (
+    CHECKPOINT,
+    EVAL_SEED_OFFSET,
+    RESULT,
+    RunResult,
+    _config_dict,
+    _summarise,
+    _TensorBoard,
+)
+from offline_rl.utils.io import atomic_write_json
+
+SNAPSHOTS = "snapshots"
+
+
+def snapshot_path(out_dir: str | Path, step: int) -> Path:
+    """Where `train_online` writes the actor snapshot taken at env step `step`."""
+    return Path(out_dir) / SNAPSHOTS / f"step_{step:08d}.pt"
+
+
+class ReplayBuffer:
+    """A ring buffer of preallocated tensors on `device`; sampling draws and gathers indices there (no host sync)."""
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: str | torch.device = "cpu") -> None:
+        self.capacity, self.device = int(capacity), torch.device(device)
+        self.observations = torch.zeros(self.capacity, obs_dim, device=self.device)
+        self.actions = torch.zeros(self.capacity, act_dim, device=self.device)
+        self.rewards = torch.zeros(self.capacity, device=self.device)
+        self.next_observations = torch.zeros(self.capacity, obs_dim, device=self.device)
+        self.dones = torch.zeros(self.capacity, device=self.device)
+        self.ptr = self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
+            terminated: np.ndarray) -> None:
+        """Add a batch of n transitions (first dimension n); `terminated` is the bootstrap mask."""
+        n = len(obs)
+        idx = torch.arange(self.ptr, self.ptr + n, device=self.device) % self.capacity
+        for buf, value in ((self.observations, obs), (self.actions, actions), (self.rewards, rewards),
+                           (self.next_observations, next_obs), (self.dones, terminated)):
+            buf[idx] = torch.as_tensor(np.asarray(value), dtype=torch.float32).to(self.device, non_blocking=True)
+        self.ptr = (self.ptr + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
+        idx = torch.randint(0, self.size, (batch_size,), device=self.device, generator=generator)
+        return Batch(self.observations[idx], self.actions[idx], self.rewards[idx], self.next_observations[idx],
+                     self.dones[idx])
+
+
+def step_envs(envs, actions: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Step a same-step-autoreset vector env: (next_obs, true next_obs, rewards, terminated, truncated).
+
+    `next_obs` is what the policy sees next (a reset observation where an episode ended); the true next_obs
+    replaces those rows with the episode's real last observation from `info["final_obs"]`.
+    """
+    next_obs, rewards, terminated, truncated, info = envs.step(actions)
+    real_next = next_obs
+    if "_final_obs" in info and info["_final_obs"].any():
+        real_next = next_obs.copy()
+        for i in np.flatnonzero(info["_final_obs"]):
+            real_next[i] = info["final_obs"][i]
+    return next_obs, real_next, rewards, terminated, truncated
+
+
+def train_online(algo: Algorithm, env_id: str, steps: int, seed: int = 0, num_envs: int = 1,
+                 eval_every: int = 5000, eval_episodes: int = 10, out_dir: str | Path | None = None,
+                 start_steps: int | None = None, updates_per_step: int | None = None, batch_size: int | None = None,
+                 buffer_size: int | None = None, snapshot_steps: Iterable[int] = (), ckpt_every: int | None = None,
+                 log_every: int = 1000, progress: bool | None = None, ref_min_score: float | None = None,
+                 ref_max_score: float | None = None) -> RunResult:
+    """Train `algo` online on `env_id` for `steps` env steps (summed over the sub-envs) and return the run record.
+
+    `start_steps`, `updates_per_step`, `batch_size` and `buffer_size` default to the algorithm's config values.
+    `snapshot_steps`: env steps at which to save the policy's state_dict under `out_dir/snapshots/` (0 = before any
+    update). Evaluation (deterministic policy, seeds seed + 100 + i) runs every `eval_every` env steps and at the end.
+    """
+    cfg = algo.config
+    start_steps = getattr(cfg, "start_steps", 0) if start_steps is None else start_steps
+    updates_per_step = updates_per_step or getattr(cfg, "updates_per_step", 1)
+    batch_size = batch_size or getattr(cfg, "batch_size", 256)
+    capacity = min(buffer_size or getattr(cfg, "buffer_size", steps), steps)
+    out = Path(out_dir) if out_dir is not None else None
+    snapshot_at = {int(s) for s in snapshot_steps}
+    ckpt_every = ckpt_every or eval_every or steps
+    device = algo.device
+
+    seed_everything(seed)
+    envs = make_vector_env(env_id, num_envs, seed=seed)
+    buffer = ReplayBuffer(capacity, algo.spec.obs_dim, algo.spec.act_dim, device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    result = RunResult(algo=algo.name, dataset=env_id, dataset_source=f"online:{env_id}", dataset_label="online",
+                       behavior_score=None, seed=seed, steps=steps, eval_every=eval_every,
+                       eval_episodes=eval_episodes, config=_config_dict(cfg), device=str(device))
+    logger = _TensorBoard(out, purge_step=None)
+    reporter = ProgressReporter(steps, 0, enabled=progress, label=f"online {env_id}")
+    metrics: dict[str, torch.Tensor] = {}
+    episode_returns: list[float] = []
+    running_return = np.zeros(num_envs)
+    t0 = time.perf_counter()
+    train_time, n_updates, step = 0.0, 0, 0
+    result.status = "completed"
+
+    def snapshot(at: int) -> None:
+        if out is not None and at in snapshot_at:
+            state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in algo.policy().state_dict().items()}
+            save_checkpoint(snapshot_path(out, at), state)
+
+    try:
+        obs, _ = envs.reset(seed=[seed + i for i in range(num_envs)])
+        snapshot(0)
+        t_train = time.perf_counter()
+        while step < steps:
+            if step < start_steps:
+                actions = envs.action_space.sample()
+            else:
+                obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
+                actions = algo.explore(obs_t).cpu().numpy()
+            next_obs, real_next, rewards, terminated, truncated = step_envs(envs, actions)
+            buffer.add(obs, actions, rewards, real_next, terminated)
+            running_return += rewards
+            for i in np.flatnonzero(terminated | truncated):
+                episode_returns.append(float(running_return[i]))
+                running_return[i] = 0.0
+            obs = next_obs
+            prev, step = step, step + num_envs
+
+            if step > start_steps:
+                for _ in range(updates_per_step * (step - max(prev, start_steps))):
+                    n_updates += 1
+                    metrics = algo.update(buffer.sample(batch_size, generator), n_updates)
+            for s in range(prev + 1, step + 1):
+                snapshot(s)
+
+            is_eval = bool(eval_every) and (step // eval_every > prev // eval_every or step >= steps)
+            is_ckpt = step // ckpt_every > prev // ckpt_every or step >= steps
+            if step // log_every == prev // log_every and not is_eval and not is_ckpt:
+                continue
+            train_time += time.perf_counter() - t_train
+            values = {k: float(v) for k, v in metrics.items()}  # the only host sync, at sync points
+            if episode_returns:
+                values["episode_return"] = float(np.mean(episode_returns[-10:]))
+            result.metrics, result.step = values, step
+            if not all(math.isfinite(v) for v in values.values()):
+                result.status = "diverged"
+                reporter.log(f"diverged at step {step}: non-finite {values}")
+                break
+            logger.scalars("train", values, step)
+            if is_eval:
+                ev = evaluate(algo.policy(), env_id, eval_episodes, seed + EVAL_SEED_OFFSET, ref_min_score,
+                              ref_max_score)
+                result.curve.append([step, ev.normalized_score, ev.mean_return])
+                logger.scalars("eval", {"return": ev.mean_return, "normalized_score": ev.normalized_score}, step)
+            _summarise(result, train_time, n_updates)
+            reporter.update(step, result.updates_per_s, result.final_score, result.final_return, values)
+            if is_ckpt and out is not None:
+                save_checkpoint(out / CHECKPOINT, {
+                    "algo": algo.state_dict(), "rng": get_rng_state(), "sampler_rng": generator.get_state(),
+                    "step": step, "elapsed": time.perf_counter() - t0, "train_time": train_time,
+                    "curve": result.curve})
+            t_train = time.perf_counter()
+    except KeyboardInterrupt:
+        result.status = "interrupted"
+        raise
+    finally:
+        envs.close()
+        reporter.close()
+        logger.close()
+        result.wall_time_s = time.perf_counter() - t0
+        if out is not None:
+            atomic_write_json(out / RESULT, result.to_dict())
+    return result
