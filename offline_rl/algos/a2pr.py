@@ -49,8 +49,8 @@ class A2PR(TD3BCBase):
         c = config
         self.value = ValueNet(spec.obs_dim, c.value_hidden)
         self.vae = ConditionalVAE(spec.obs_dim, spec.act_dim, 2 * spec.act_dim, self.max_action, c.vae_hidden)
-        self.optimizers["value"] = torch.optim.Adam(self.value.parameters(), lr=c.value_lr)
-        self.optimizers["vae"] = torch.optim.Adam(self.vae.parameters(), lr=c.vae_lr)
+        self.add_optimizer("value", self.value.parameters(), c.value_lr)
+        self.add_optimizer("vae", self.vae.parameters(), c.vae_lr)
         self.v_before: torch.Tensor | None = None  # V(s) before this step's V update
         self.q_data: torch.Tensor | None = None  # Q₁(s, a) after this step's critic update
 

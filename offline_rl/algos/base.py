@@ -112,6 +112,8 @@ def _load_plugins() -> None:
         if ep.name not in _REGISTRY:
             cls = ep.load()
             if ep.name not in _REGISTRY:  # loading may have registered it under its own name already
+                if "name" not in vars(cls):  # a subclass of a built-in would otherwise report the parent's name
+                    cls.name = ep.name
                 _REGISTRY[ep.name] = cls
 
 

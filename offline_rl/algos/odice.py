@@ -84,9 +84,8 @@ class ODICE(Algorithm):
         self.actor = GaussianActor(spec.obs_dim, spec.act_dim, spec.max_action, c.policy_hidden, tanh_mean=False,
                                    log_std_min=-5.0)
         self.register_buffer("reward_multiplier", torch.ones(()))
-        self.optimizers["value"] = torch.optim.Adam(self.vf.parameters(), lr=c.value_lr)
-        self.optimizers["actor"] = torch.optim.Adam(self.actor.parameters(), lr=c.policy_lr,
-                                                    weight_decay=c.weight_decay)
+        self.add_optimizer("value", self.vf.parameters(), c.value_lr)
+        self.add_optimizer("actor", self.actor.parameters(), c.policy_lr, weight_decay=c.weight_decay)
 
     def prepare(self, dataset: Dataset) -> None:
         if self.config.normalize_states:
