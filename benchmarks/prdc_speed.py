@@ -1,7 +1,7 @@
 """PRDC update speed against TD3+BC, in the same run, on a synthetic hopper-shaped dataset (1M transitions).
 
-    python benchmarks/prdc_speed.py [--n 1000000] [--steps 400] [--rounds 5] [--backends kdtree,brute]
-                                    [--device cpu] [--threads 0]
+    python benchmarks/prdc_speed.py [--n 1000000] [--steps 400] [--rounds 5] [--brute-steps 0]
+                                    [--variants kdtree,kdtree-plain,brute] [--device cpu] [--threads 1]
 
 States lie on a low-dimensional manifold (smooth trajectories of a 4-d latent process mapped into 11 dims, like
 locomotion data); actions = tanh(linear(s)) + N(0, 0.1²), clipped, in 3 dims; the reward −‖a − tanh(linear(s))‖²
@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from offline_rl import algos
-from offline_rl.algos.nn_search import build_search
 from offline_rl.data.dataset import Dataset, Spec
 
 OBS, ACT = 11, 3
@@ -78,11 +77,13 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--steps", type=int, default=400, help="updates per algorithm per round")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--backends", default="kdtree,brute")
+    p.add_argument("--variants", default="kdtree,kdtree-plain,brute",
+                   help="PRDC variants: kdtree (with the state-neighbour cache, the default), kdtree-plain (the "
+                        "reference's bare cKDTree query), brute")
     p.add_argument("--brute-steps", type=int, default=0, help="updates per round for the brute force (0: --steps)")
     p.add_argument("--warmup", type=int, default=1000, help="TD3+BC updates before timing (shared start)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (the trainer's default: 1)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -94,36 +95,40 @@ def main() -> None:
     state = warm_start(data, dev, args.warmup)
     print(f"warm start (BC + {args.warmup} TD3+BC updates): {time.perf_counter() - t0:.1f} s")
     contenders: dict[str, algos.Algorithm] = {"td3_bc": algos.make("td3_bc", data.spec, {}, device=dev, seed=0)}
-    for backend in args.backends.split(","):
-        contenders[f"prdc[{backend}]"] = algos.make("prdc", data.spec, {"nn_backend": backend}, device=dev, seed=0)
+    for variant in args.variants.split(","):
+        backend, _, plain = variant.partition("-")
+        over = {"nn_backend": backend, **({"nn_cache": 0} if plain == "plain" else {})}
+        contenders[f"prdc[{variant}]"] = algos.make("prdc", data.spec, over, device=dev, seed=0)
     for name, algo in contenders.items():
         t0 = time.perf_counter()
         algo.prepare(data)
         sync(dev)
-        print(f"{name:14s} prepare (normaliser{', neighbour index' if 'prdc' in name else ''}): "
+        print(f"{name:20s} prepare (normaliser{', neighbour index' if 'prdc' in name else ''}): "
               f"{time.perf_counter() - t0:.2f} s")
         algo.load_state_dict(state)  # same modules (actor, critic, targets, normaliser) and optimiser state
 
     # The search alone, 256 keys per query: in distribution (π(s) of the BC actor) and off-manifold (uniform a).
-    prdc = next(a for n, a in contenders.items() if n.startswith("prdc"))
+    prdc = next(a for n, a in contenders.items() if n.startswith("prdc"))  # for the keys (all share one actor)
     g = torch.Generator(device=dev).manual_seed(1)
     batch = prdc.normalize(data.sample(256, g))
     with torch.no_grad():
         keys_in = torch.cat([prdc.config.beta * batch.observations, prdc.actor(batch.observations)], 1)
     keys_off = torch.cat([keys_in[:, :OBS], torch.rand(256, ACT, device=dev) * 2 - 1], 1)
-    for backend in args.backends.split(","):
-        search = build_search(prdc.search.points, backend)
+    searches = {f"prdc[{v}]": contenders[f"prdc[{v}]"].search for v in args.variants.split(",")}
+    for name, search in searches.items():
         for label, keys in (("in-distribution", keys_in), ("off-manifold", keys_off)):
             times = []
-            for _ in range(3 if backend == "brute" and dev == "cpu" else 20):
+            for _ in range(3 if "brute" in name and dev == "cpu" else 20):
                 t0 = time.perf_counter()
                 d, _ = search.query(keys)
                 sync(dev)
                 times.append(time.perf_counter() - t0)
-            print(f"search[{backend}] {label:15s}: {1e3 * statistics.median(times):8.2f} ms per 256 keys, "
-                  f"mean NN distance {float(d.mean()):.3f}")
+            print(f"search {name:20s} {label:15s}: {1e3 * statistics.median(times):8.2f} ms per 256 keys, "
+                  f"mean NN distance {float(d.mean()):.3f}"
+                  + (f", {search.last_fallback} keys to the tree" if hasattr(search, "last_fallback") else ""))
 
     step_times: dict[str, list[float]] = {name: [] for name in contenders}
+    cpu_times: dict[str, list[float]] = {name: [] for name in contenders}
     step_no = {name: 0 for name in contenders}
     samplers = {name: torch.Generator(device=dev).manual_seed(2) for name in contenders}
     metrics: dict[str, dict] = {}
@@ -132,22 +137,26 @@ def main() -> None:
             n = args.brute_steps if "brute" in name and args.brute_steps else args.steps
             batches = [data.sample(256, samplers[name]) for _ in range(n)]
             sync(dev)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for b in batches:
                 step_no[name] += 1
                 metrics[name] = algo.update(b, step_no[name])
             sync(dev)
             if r:
                 step_times[name].append((time.perf_counter() - t0) / n)
+                cpu_times[name].append((time.process_time() - c0) / n)
 
-    base = statistics.median(step_times["td3_bc"])
-    print(f"\n{'algorithm':14s} {'updates/s':>10s} {'ms/update':>10s} {'ratio':>7s} {'NN overhead':>12s}  mean NN dist")
+    base, cpu_base = statistics.median(step_times["td3_bc"]), statistics.median(cpu_times["td3_bc"])
+    print(f"\n{'algorithm':20s} {'updates/s':>9s} {'ms/update':>9s} {'ratio':>6s} {'NN overhead':>11s} "
+          f"{'CPU ms/upd':>10s} {'CPU overhead':>12s}  mean NN dist")
     for name, times in step_times.items():
-        t = statistics.median(times)
+        t, cpu = statistics.median(times), statistics.median(cpu_times[name])
         nn_d = f"{float(metrics[name]['nn_distance']):.3f}" if "nn_distance" in metrics[name] else "-"
-        print(f"{name:14s} {1 / t:10.1f} {1e3 * t:10.2f} {t / base:7.3f} {100 * (t - base) / base:11.1f}%  {nn_d}")
-    print("\nNN overhead = (PRDC step − TD3+BC step) / TD3+BC step; target ≤ 25% on CPU. The search runs on actor "
-          "steps only (every policy_freq = 2 updates).")
+        print(f"{name:20s} {1 / t:9.1f} {1e3 * t:9.2f} {t / base:6.3f} {100 * (t - base) / base:10.1f}% "
+              f"{1e3 * cpu:10.2f} {100 * (cpu - cpu_base) / cpu_base:11.1f}%  {nn_d}")
+    print("\nNN overhead = (PRDC step − TD3+BC step) / TD3+BC step, in wall-clock time (what a run sees) and in\n"
+          "process CPU time (the work, all threads; less sensitive to other load on the machine). Target: <= 25%\n"
+          "on CPU. The search runs on actor steps only (every policy_freq = 2 updates).")
 
 
 if __name__ == "__main__":

@@ -82,14 +82,33 @@ CASES = {
 def test_backends_return_the_plain_argmin(case, k):
     points, keys = CASES[case]()
     ref_d, ref_i = exact_kth(points, keys, k)
-    kd = KDTreeSearch(points)
-    brute = BruteForceSearch(points, chunk_size=4096)
-    for search in (kd, brute):
+    searches = {"kdtree": KDTreeSearch(points), "brute": BruteForceSearch(points, chunk_size=4096)}
+    if case != "gaussian":  # keys at dataset states; (11-d Gaussian states make the cache build slow and useless)
+        searches["kdtree+cache"] = cached = KDTreeSearch(points, state_dim=S, cache=16)
+    for name, search in searches.items():
         d, i = search.query(keys, k)
         assert i.dtype == torch.int64 and i.shape == (B,) and d.shape == (B,)
-        assert torch.equal(i, ref_i), f"{type(search).__name__}: {(i != ref_i).sum()} indices differ"
+        assert torch.equal(i, ref_i), f"{name}: {(i != ref_i).sum()} indices differ"
         torch.testing.assert_close(d.double(), ref_d, rtol=1e-6, atol=1e-6)
-    assert bool(brute.last_certified.all())
+    assert bool(searches["brute"].last_certified.all())
+    if case in ("manifold", "near_ties"):  # in distribution: the cache answers most keys itself
+        assert cached.last_fallback < B // 4, cached.last_fallback
+
+
+def test_state_cache_is_exact_with_duplicate_states_large_k_and_unknown_states():
+    """Many points share a state (more than the cache holds), k beyond the cache, keys at no dataset state: the
+    certificate fails or does not apply, and the tree answers."""
+    g = torch.Generator().manual_seed(0)
+    states = torch.randn(200, S, generator=g).repeat_interleave(40, 0)
+    points = torch.cat([states, torch.rand(len(states), A, generator=g) * 2 - 1], 1)
+    keys = torch.cat([states[::37][:B], torch.rand(len(states[::37][:B]), A, generator=g) * 2 - 1], 1)
+    search = KDTreeSearch(points, state_dim=S, cache=16)
+    for k in (1, 3, 20):
+        _, ref_i = exact_kth(points, keys, k)
+        assert torch.equal(search.query(keys, k)[1], ref_i)
+    off_states = keys + torch.cat([torch.full((len(keys), S), 1e-3), torch.zeros(len(keys), A)], 1)
+    _, ref_i = exact_kth(points, off_states)
+    assert torch.equal(search.query(off_states)[1], ref_i) and search.last_fallback == len(keys)  # no state matches
 
 
 def test_near_ties_defeat_fp32_but_not_the_backends():
@@ -176,12 +195,13 @@ def test_reward_transform_touches_only_the_reward():
                                                             "reward_scale": 10000.0, "reward_shift": -1.0}
 
 
-def test_prdc_matches_reference_equations():
-    """Three updates equal TD3+BC's equations with the BC target replaced by the fp64 brute-force nearest
+@pytest.mark.parametrize("backend,cache", [("kdtree", 16), ("kdtree", 0), ("brute", 0)])
+def test_prdc_matches_reference_equations(backend, cache):
+    """Four updates equal TD3+BC's equations with the BC target replaced by the fp64 brute-force nearest
     dataset action to (β·s, π(s)), on separate nn.Linear critics."""
     data = random_dataset(1000)
     torch.manual_seed(0)
-    algo = algos.make("prdc", data.spec, {"alpha": 2.5, "beta": 2.0, "nn_backend": "kdtree"})
+    algo = algos.make("prdc", data.spec, {"alpha": 2.5, "beta": 2.0, "nn_backend": backend, "nn_cache": cache})
     algo.prepare(data)
     actor, q1, q2 = copy.deepcopy(algo.actor), split_twin(algo.critic, 0), split_twin(algo.critic, 1)
     actor_t, q1_t, q2_t = copy.deepcopy(actor), copy.deepcopy(q1), copy.deepcopy(q2)

@@ -211,6 +211,19 @@ def test_train_online_is_deterministic_on_cpu(tmp_path):
     assert any((tmp_path / "a" / "tb").iterdir())
 
 
+def test_train_online_vector_envs_count_env_steps(monkeypatch):
+    """With 3 sub-envs, `steps` counts transitions over all of them and there is one update per env step after
+    the warm-up (updates happen in whole iterations: 3 per loop iteration)."""
+    algo = algos.make("sac", Spec(3, 1, (-2.0,), (2.0,)), {"hidden": [16, 16], "batch_size": 32}, seed=0)
+    calls = []
+    update = algo.update
+    monkeypatch.setattr(algo, "update", lambda batch, step: calls.append(step) or update(batch, step))
+    result = train_online(algo, "Pendulum-v1", 150, seed=0, num_envs=3, eval_every=0, start_steps=60,
+                          progress=False)
+    assert result.status == "completed" and result.step == 150
+    assert calls == list(range(1, 91))
+
+
 def _random_return(episodes: int, seed: int) -> float:
     env = gym.make("Pendulum-v1")
     env.action_space.seed(seed)

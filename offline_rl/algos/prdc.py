@@ -29,6 +29,7 @@ class PRDCConfig(TD3BCConfig):
     beta: float = 2.0
     k: int = 1  # the k-th neighbour only (the reference queries `k=[k]`), not an average of k
     nn_backend: str = "auto"  # "kdtree" (scipy, host), "brute" (chunked, on device) or "auto" (kdtree on CPU)
+    nn_cache: int = 16  # kdtree: cached state neighbours per point for the exact fast path (0: plain cKDTree)
     nn_chunk_size: int = 65536
     nn_candidates: int = 32  # fp32 candidates per key that the brute force re-ranks in fp64
 
@@ -45,13 +46,14 @@ class PRDC(TD3BCBase):
         with torch.no_grad():
             states = self.normalizer(dataset.observations.to(self.device))
             points = torch.cat([c.beta * states, dataset.actions.to(self.device)], dim=1)
-        self.search = build_search(points, c.nn_backend, c.nn_chunk_size, c.nn_candidates)
+        self.search = build_search(points, c.nn_backend, c.nn_chunk_size, c.nn_candidates,
+                                   state_dim=self.spec.obs_dim, cache=c.nn_cache)
 
     def bc_target(self, batch: Batch, pi: torch.Tensor) -> tuple[torch.Tensor, float]:
         """The action part of the k-th nearest dataset point to (β·s, π(s)); weight 1."""
         if self.search is None:
             raise RuntimeError("PRDC needs prepare(dataset) to build its neighbour index before training")
-        key = torch.cat([self.config.beta * batch.observations, pi.detach()], dim=1)
+        key = torch.cat([self.config.beta * batch.observations, pi.detach()], dim=1)  # no gradient through the search
         distance, index = self.search.query(key, self.config.k)
         self.bc_metrics = {"nn_distance": distance.mean()}
         return self.search.points[index, -pi.shape[1]:], 1.0
