@@ -94,8 +94,9 @@ def test_shipped_quick_suite_loads_by_name():
     suite = load_suite("quick")
     assert suite.name == "quick" and suite.path.name == "quick.toml"
     assert suite.algos == ("bc", "td3_bc", "iql") and suite.seeds == (0, 1, 2)
-    assert {"pendulum-medium", "pendulum-medium-expert"} <= set(suite.datasets)
+    assert {"pendulum-medium", "idp-medium"} <= set(suite.datasets)
     assert len(suite.runs()) == 3 * len(suite.datasets) * 3
+    assert set(load_suite("quick-full").datasets) > set(suite.datasets)
 
 
 def test_suite_from_path_expands_runs(tmp_path):
