@@ -218,7 +218,7 @@ def test_state_dict_round_trip_includes_value_and_vae_optimisers():
 
 @pytest.mark.slow
 def test_a2pr_beats_behaviour_on_pendulum_medium():
-    """About 5 minutes on 2 CPU cores (a reference run scored 95-100 from step 4800; behaviour ≈ 55)."""
+    """About 2 minutes on 2 CPU cores (a reference run scored 95-100 from step 4800; behaviour ≈ 55)."""
     from offline_rl.data import load_dataset
     from offline_rl.training import train
 

@@ -14,6 +14,7 @@ from test_algos import random_dataset, split_twin
 from offline_rl import algos
 from offline_rl.algos.nn_search import BruteForceSearch, KDTreeSearch, build_search
 from offline_rl.data.dataset import Dataset, Spec
+from offline_rl.errors import ConfigError
 
 S, A, B = 11, 3, 256
 
@@ -128,6 +129,8 @@ def test_build_search_choices():
         build_search(points, "faiss")
     with pytest.raises(ValueError, match="k must be"):
         KDTreeSearch(points).query(points[:2], 0)
+    with pytest.raises(ConfigError, match="nn_backend must be one of"):
+        algos.make("prdc", random_dataset().spec, {"nn_backend": "faiss"})
 
 
 def prdc_setup(backend: str, beta: float = 2.0, k: int = 1, n: int = 2000) -> tuple:
@@ -305,7 +308,7 @@ def test_update_without_prepare_is_a_clear_error():
 
 @pytest.mark.slow
 def test_prdc_beats_behaviour_on_pendulum_medium():
-    """About 3 minutes on 2 CPU cores (a reference run scored 95-99 from step 6000; behaviour ≈ 55)."""
+    """About a minute on 2 CPU cores (a reference run scored 95-99 from step 6000; behaviour ≈ 55)."""
     from offline_rl.data import load_dataset
     from offline_rl.training import train
 

@@ -24,6 +24,7 @@ from torch import nn
 from offline_rl.algos.base import Algorithm, PolicyWithNormalizer, register
 from offline_rl.algos.core import StateNormalizer, frozen_copy, soft_update
 from offline_rl.data.dataset import Batch, Dataset, Spec
+from offline_rl.errors import ConfigError
 from offline_rl.nets import EnsembleMLP
 from offline_rl.nets.mlp import GaussianActor
 
@@ -49,7 +50,7 @@ class ODICEConfig:
     use_twin_v: bool = True
     policy_hidden: tuple[int, ...] = (1024, 1024)  # hard-coded hidden_dim=1024 in main_odice_rl.py
     normalize_states: bool = False  # normalize: False for offline RL
-    reward_norm: str = "return_range"  # "return_range": r·T/(max − min return); "antmaze": −3 if r == 0 else 0
+    reward_norm: str = "return_range"  # r·T/(max − min return); "antmaze": −3 if r == 0 else 0; "none"
     max_episode_steps: int = 1000  # T in the return-range scaling
 
 
@@ -76,7 +77,9 @@ class ODICE(Algorithm):
         super().__init__(spec, config, device)
         c = config
         if c.mode not in MODES:
-            raise ValueError(f"O-DICE mode must be one of {', '.join(MODES)}, got '{c.mode}'")
+            raise ConfigError(f"O-DICE mode must be one of {', '.join(MODES)}, got '{c.mode}'")
+        if c.reward_norm not in ("return_range", "antmaze", "none"):
+            raise ConfigError(f"O-DICE reward_norm must be return_range, antmaze or none, got '{c.reward_norm}'")
         self.normalizer = StateNormalizer(spec.obs_dim)
         self.vf = EnsembleMLP(2 if c.use_twin_v else 1, spec.obs_dim, 1, c.hidden, layer_norm=c.layer_norm)
         self.vf_target = frozen_copy(self.vf)

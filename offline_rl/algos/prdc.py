@@ -18,8 +18,9 @@ import torch
 
 from offline_rl.algos.base import register
 from offline_rl.algos.core import TD3BCBase, TD3BCConfig
-from offline_rl.algos.nn_search import NeighborSearch, build_search
-from offline_rl.data.dataset import Batch, Dataset
+from offline_rl.algos.nn_search import BACKENDS, NeighborSearch, build_search
+from offline_rl.data.dataset import Batch, Dataset, Spec
+from offline_rl.errors import ConfigError
 
 
 @dataclass
@@ -39,6 +40,11 @@ class PRDC(TD3BCBase):
     Config = PRDCConfig
 
     search: NeighborSearch | None = None
+
+    def __init__(self, spec: Spec, config: PRDCConfig, device: str | torch.device = "cpu") -> None:
+        if config.nn_backend not in BACKENDS:
+            raise ConfigError(f"prdc.nn_backend must be one of {', '.join(BACKENDS)}, got '{config.nn_backend}'")
+        super().__init__(spec, config, device)
 
     def prepare(self, dataset: Dataset) -> None:
         super().prepare(dataset)

@@ -109,7 +109,7 @@ def train_online(algo: Algorithm, env_id: str, steps: int, seed: int = 0, num_en
 
     `start_steps`, `updates_per_step`, `batch_size` and `buffer_size` default to the algorithm's config values.
     `snapshot_steps`: env steps at which to save the policy's state_dict under `out_dir/snapshots/` (0 = before any
-    update). Evaluation (deterministic policy, seeds seed + 100 + i) runs every `eval_every` env steps and at the end.
+    update; with several sub-envs, after the loop iteration that reaches the step). Evaluation (deterministic policy, seeds seed + 100 + i) runs every `eval_every` env steps and at the end.
     """
     cfg = algo.config
     start_steps = getattr(cfg, "start_steps", 0) if start_steps is None else start_steps
@@ -173,7 +173,7 @@ def train_online(algo: Algorithm, env_id: str, steps: int, seed: int = 0, num_en
             if step // log_every == prev // log_every and not is_eval and not is_ckpt:
                 continue
             train_time += time.perf_counter() - t_train
-            values = {k: float(v) for k, v in metrics.items()}  # the only host sync, at sync points
+            values = {k: float(v) for k, v in metrics.items()}  # metrics are read only here, at sync points
             if episode_returns:
                 values["episode_return"] = float(np.mean(episode_returns[-10:]))
             result.metrics, result.step = values, step
