@@ -49,7 +49,7 @@ def test_manifest_is_consistent():
     for env_id, entry in zoo.manifest().items():
         rows = zoo.checkpoints(env_id)
         assert [r["index"] for r in rows] == list(range(len(rows)))
-        assert rows[0]["step"] == 0 and rows[-1]["step"] == entry["steps"]
+        assert rows[0]["step"] == 0 and rows[-1]["step"] == entry["trained_steps"] <= entry["steps"]
         assert entry["levels"] == {"random": 0, "medium": entry["levels"]["medium"], "expert": len(rows) - 1}
         assert entry["command"].startswith("python -m offline_rl.zoo.train --env " + env_id)
         for r in rows:
@@ -82,7 +82,7 @@ def _fake_run(tmp_path, returns: dict[int, float]) -> tuple[argparse.Namespace, 
 def test_level_selection_manifest_and_loader(tmp_path, monkeypatch):
     returns = {0: 10.0, 5: 50.0, 10: 200.0, 15: 380.0, 20: 700.0, 25: 900.0, 30: 1000.0}
     args, measured = _fake_run(tmp_path, returns)
-    entry = zoo_train._select(args, measured, {"train_wall_time_s": 1.0}, "python -m offline_rl.zoo.train --env X")
+    entry = zoo_train._select(args, measured, {"train_wall_time_s": 1.0, "command": "python -m ... --env X"})
     # expert = 1000 → medium range [333, 500], target 416.7 → step 15 (380); shipped: 0, 10 (ship-every), 15, 30
     assert [r["step"] for r in entry["checkpoints"]] == [0, 10, 15, 30]
     assert entry["levels"] == {"random": 0, "medium": 2, "expert": 3} and entry["medium_in_range"]
@@ -121,6 +121,6 @@ def test_level_selection_manifest_and_loader(tmp_path, monkeypatch):
 
 def test_medium_falls_back_to_nearest_when_none_in_range(tmp_path):
     args, measured = _fake_run(tmp_path, {0: 10.0, 5: 100.0, 10: 900.0, 15: 1000.0})
-    entry = zoo_train._select(args, measured, {}, "cmd")
+    entry = zoo_train._select(args, measured, {"command": "cmd"})
     assert not entry["medium_in_range"]
     assert entry["checkpoints"][entry["levels"]["medium"]]["step"] == 5  # |100 − 416.7| < |900 − 416.7|

@@ -7,7 +7,8 @@ measured return, weights and manifest written into the package.
    `--snapshot-every` steps, from step 0 (the untrained actor) to the end, in `--run-dir`.
 2. Every snapshot is measured over `--episodes` episodes (seeds eval_seed + i), both with sampled actions (the
    stochastic policy that generates data) and with tanh of the mean (deterministic). Measurements are cached in
-   `run-dir/measurements.json`, so `--measure-only` can redo steps 2-4 without retraining.
+   `run-dir/measurements.json`, so `--measure-only` can redo steps 2-4 without retraining; on a run that was killed
+   it uses the snapshots written so far (the same command reproduces them) and records where training stopped.
 3. Levels, chosen on the stochastic return (the one the generated data will have, as D4RL's "medium" is
    described by the return of the policy that collected it): `expert` is the final snapshot; `medium` is the
    snapshot whose return is nearest (5/12)·expert among those within [1/3, 1/2]·expert (nearest overall, with
@@ -66,18 +67,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     run_dir = Path(args.run_dir or f"/tmp/offline_rl_zoo/{args.env}")
+    from offline_rl.training.online import snapshot_path
+
     snap_steps = sorted({*range(0, args.steps + 1, args.snapshot_every), args.steps})
-    command = "python -m offline_rl.zoo.train " + shlex.join(sys.argv[1:] if argv is None else argv)
-    train_info = _train(args, run_dir, snap_steps) if not args.measure_only else _read(run_dir / "zoo_train.json")
+    given = sys.argv[1:] if argv is None else argv  # the training command: the flags that shape training only
+    command = "python -m offline_rl.zoo.train " + shlex.join(a for a in given if a not in ("--measure-only", "--no-ship"))
+    if args.measure_only:  # also for a run that was killed: its snapshots so far are what the command produces
+        train_info = _read(run_dir / "zoo_train.json") or _read(run_dir / "zoo_run.json")
+        snap_steps = [s for s in snap_steps if snapshot_path(run_dir, s).exists()]
+        if len(snap_steps) < 3:
+            raise SystemExit(f"{run_dir}: too few actor snapshots to pick levels from")
+        if "train_wall_time_s" not in train_info:  # killed run: snapshot times bound the training time
+            times = [snapshot_path(run_dir, s).stat().st_mtime for s in snap_steps]
+            train_info["train_wall_time_s"] = round(max(times) - min(times), 1)
+    else:
+        train_info = _train(args, run_dir, snap_steps, command)
+    train_info.setdefault("command", command)
     measured = _measure_all(args, run_dir, snap_steps)
-    entry = _select(args, measured, train_info, command)
+    entry = _select(args, measured, train_info)
     if not args.no_ship:
         _ship(args.env, run_dir, entry)
     print(json.dumps({k: entry[k] for k in ("levels", "checkpoints")}, indent=1), flush=True)
     return entry
 
 
-def _train(args: argparse.Namespace, run_dir: Path, snap_steps: list[int]) -> dict[str, Any]:
+def _train(args: argparse.Namespace, run_dir: Path, snap_steps: list[int], command: str) -> dict[str, Any]:
     from offline_rl import algos
     from offline_rl.data.dataset import Spec
     from offline_rl.envs import env_spaces
@@ -90,10 +104,11 @@ def _train(args: argparse.Namespace, run_dir: Path, snap_steps: list[int]) -> di
     values = algos.load_preset("sac", family=args.env.split("-")[0].lower())
     values.update(algos.parse_overrides(args.overrides))
     algo = algos.make("sac", spec, values, seed=args.seed)
+    atomic_write_json(run_dir / "zoo_run.json", {"command": command, "config": dataclasses.asdict(algo.config)})
     t0 = time.time()
     result = train_online(algo, args.env, args.steps, seed=args.seed, eval_every=args.eval_every, eval_episodes=10,
                           out_dir=run_dir, snapshot_steps=snap_steps, progress=None, log_every=5000)
-    info = {"config": dataclasses.asdict(algo.config), "train_wall_time_s": round(time.time() - t0, 1),
+    info = {"command": command, "config": dataclasses.asdict(algo.config), "train_wall_time_s": round(time.time() - t0, 1),
             "updates_per_s": round(result.updates_per_s, 1), "status": result.status,
             "training_curve": [[int(s), round(r, 1)] for s, _, r in result.curve]}
     atomic_write_json(run_dir / "zoo_train.json", info)
@@ -133,8 +148,8 @@ def _measure_all(args: argparse.Namespace, run_dir: Path, snap_steps: list[int])
     return {s: cache[s] for s in snap_steps}
 
 
-def _select(args: argparse.Namespace, measured: dict[int, dict[str, float]], train_info: dict[str, Any],
-            command: str) -> dict[str, Any]:
+def _select(args: argparse.Namespace, measured: dict[int, dict[str, float]], train_info: dict[str, Any]
+            ) -> dict[str, Any]:
     steps = sorted(measured)
     final = steps[-1]
     expert = measured[final]["return_mean"]
@@ -152,8 +167,12 @@ def _select(args: argparse.Namespace, measured: dict[int, dict[str, float]], tra
     import gymnasium
     import mujoco
 
+    stopped = {} if final == args.steps else {
+        "note": f"the training run was killed at step {final} of {args.steps}; the command reproduces these snapshots "
+                f"(deterministic on CPU) and the expert is the last one, at step {final}"}
     return {
-        "algo": "sac", "command": command, "seed": args.seed, "steps": args.steps,
+        "algo": "sac", "command": train_info["command"], **stopped, "seed": args.seed, "steps": args.steps,
+        "trained_steps": final,
         "snapshot_every": args.snapshot_every, "ship_every": args.ship_every, "eval_episodes": args.episodes, "eval_seed": EVAL_SEED,
         "selection": (f"on the sampled-action return: expert = final snapshot; medium = nearest to 5/12 of expert "
                       f"within [1/3, 1/2] of expert ({lo:.1f} .. {hi:.1f})"),
