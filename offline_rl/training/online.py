@@ -18,7 +18,6 @@ curve; they do not hold the replay buffer or the env states, so an online run is
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,19 +28,10 @@ import torch
 from offline_rl.algos.base import Algorithm
 from offline_rl.data.dataset import Batch
 from offline_rl.envs import make_vector_env
-from offline_rl.evaluation import evaluate
 from offline_rl.training.checkpoint import save_checkpoint
 from offline_rl.training.progress import ProgressReporter
 from offline_rl.training.seeding import get_rng_state, seed_everything
-from offline_rl.training.trainer import (
-    CHECKPOINT,
-    EVAL_SEED_OFFSET,
-    RESULT,
-    RunResult,
-    _config_dict,
-    _summarise,
-    _TensorBoard,
-)
+from offline_rl.training.trainer import RESULT, RunResult, _config_dict, _TensorBoard, sync_point
 from offline_rl.utils.io import atomic_write_json
 
 SNAPSHOTS = "snapshots"
@@ -173,27 +163,13 @@ def train_online(algo: Algorithm, env_id: str, steps: int, seed: int = 0, num_en
             if step // log_every == prev // log_every and not is_eval and not is_ckpt:
                 continue
             train_time += time.perf_counter() - t_train
-            values = {k: float(v) for k, v in metrics.items()}  # metrics are read only here, at sync points
-            if episode_returns:
-                values["episode_return"] = float(np.mean(episode_returns[-10:]))
-            result.metrics, result.step = values, step
-            if not all(math.isfinite(v) for v in values.values()):
-                result.status = "diverged"
-                reporter.log(f"diverged at step {step}: non-finite {values}")
+            extra = {"episode_return": float(np.mean(episode_returns[-10:]))} if episode_returns else {}
+            state = {"rng": get_rng_state(), "sampler_rng": generator.get_state(), "step": step,
+                     "elapsed": time.perf_counter() - t0, "train_time": train_time}
+            if not sync_point(result, algo, metrics, step, n_updates, train_time, env_id, is_eval, is_ckpt,
+                              eval_episodes, seed, ref_min_score, ref_max_score, logger, reporter, out, state,
+                              extra):
                 break
-            logger.scalars("train", values, step)
-            if is_eval:
-                ev = evaluate(algo.policy(), env_id, eval_episodes, seed + EVAL_SEED_OFFSET, ref_min_score,
-                              ref_max_score)
-                result.curve.append([step, ev.normalized_score, ev.mean_return])
-                logger.scalars("eval", {"return": ev.mean_return, "normalized_score": ev.normalized_score}, step)
-            _summarise(result, train_time, n_updates)
-            reporter.update(step, result.updates_per_s, result.final_score, result.final_return, values)
-            if is_ckpt and out is not None:
-                save_checkpoint(out / CHECKPOINT, {
-                    "algo": algo.state_dict(), "rng": get_rng_state(), "sampler_rng": generator.get_state(),
-                    "step": step, "elapsed": time.perf_counter() - t0, "train_time": train_time,
-                    "curve": result.curve})
             t_train = time.perf_counter()
     except KeyboardInterrupt:
         result.status = "interrupted"

@@ -110,25 +110,12 @@ def train(algo: Algorithm, dataset: Dataset, steps: int, seed: int = 0, eval_eve
             if step % log_every and not is_eval and not is_ckpt:
                 continue
             train_time += time.perf_counter() - t_train
-            values = {k: float(v) for k, v in metrics.items()}  # the only host sync, at sync points
-            result.metrics, result.step = values, step
-            if not all(math.isfinite(v) for v in values.values()):
-                result.status = "diverged"
-                reporter.log(f"diverged at step {step}: non-finite {values}; keeping the last good checkpoint")
+            state = {"rng": get_rng_state(), "sampler_rng": generator.get_state(), "step": step,
+                     "elapsed": time.perf_counter() - t0, "train_time": train_time}
+            if not sync_point(result, algo, metrics, step, step, train_time, dataset.env_id, is_eval, is_ckpt,
+                              eval_episodes, seed, dataset.ref_min_score, dataset.ref_max_score, logger, reporter,
+                              out, state):
                 break
-            logger.scalars("train", values, step)
-            if is_eval:
-                ev = evaluate(algo.policy(), dataset.env_id, eval_episodes, seed + EVAL_SEED_OFFSET,
-                              dataset.ref_min_score, dataset.ref_max_score)
-                result.curve.append([step, ev.normalized_score, ev.mean_return])
-                logger.scalars("eval", {"return": ev.mean_return, "normalized_score": ev.normalized_score}, step)
-            _summarise(result, train_time, step)
-            reporter.update(step, result.updates_per_s, result.final_score, result.final_return, values)
-            if is_ckpt and out is not None:
-                save_checkpoint(out / CHECKPOINT, {
-                    "algo": algo.state_dict(), "rng": get_rng_state(), "sampler_rng": generator.get_state(),
-                    "step": step, "elapsed": time.perf_counter() - t0, "train_time": train_time,
-                    "curve": result.curve})
             t_train = time.perf_counter()
     except KeyboardInterrupt:
         result.status = "interrupted"
@@ -141,6 +128,34 @@ def train(algo: Algorithm, dataset: Dataset, steps: int, seed: int = 0, eval_eve
         if out is not None:
             atomic_write_json(out / RESULT, result.to_dict())
     return result
+
+
+def sync_point(result: RunResult, algo: Algorithm, metrics: dict[str, torch.Tensor], step: int, n_updates: int,
+               train_time: float, env_id: str | None, is_eval: bool, is_ckpt: bool, eval_episodes: int, seed: int,
+               ref_min_score: float | None, ref_max_score: float | None, logger: _TensorBoard,
+               reporter: ProgressReporter, out: Path | None, checkpoint_state: dict[str, Any],
+               extra: dict[str, float] | None = None) -> bool:
+    """What both training loops do at a sync point: read the metrics (the only host sync), stop on a non-finite
+    value (status `diverged`, the last good checkpoint kept), log, evaluate, report and checkpoint.
+
+    Returns False when the run diverged.
+    """
+    values = {k: float(v) for k, v in metrics.items()} | (extra or {})
+    result.metrics, result.step = values, step
+    if not all(math.isfinite(v) for v in values.values()):
+        result.status = "diverged"
+        reporter.log(f"diverged at step {step}: non-finite {values}; keeping the last good checkpoint")
+        return False
+    logger.scalars("train", values, step)
+    if is_eval:
+        ev = evaluate(algo.policy(), env_id, eval_episodes, seed + EVAL_SEED_OFFSET, ref_min_score, ref_max_score)
+        result.curve.append([step, ev.normalized_score, ev.mean_return])
+        logger.scalars("eval", {"return": ev.mean_return, "normalized_score": ev.normalized_score}, step)
+    _summarise(result, train_time, n_updates)
+    reporter.update(step, result.updates_per_s, result.final_score, result.final_return, values)
+    if is_ckpt and out is not None:
+        save_checkpoint(out / CHECKPOINT, {"algo": algo.state_dict(), "curve": result.curve, **checkpoint_state})
+    return True
 
 
 def _summarise(result: RunResult, train_time: float, step: int) -> None:
