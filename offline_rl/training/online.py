@@ -30,7 +30,7 @@ from offline_rl.data.dataset import Batch
 from offline_rl.envs import make_vector_env
 from offline_rl.training.checkpoint import save_checkpoint
 from offline_rl.training.progress import ProgressReporter
-from offline_rl.training.seeding import get_rng_state, seed_everything
+from offline_rl.training.seeding import seed_everything
 from offline_rl.training.trainer import RESULT, RunResult, _config_dict, _TensorBoard, sync_point
 from offline_rl.utils.io import atomic_write_json
 
@@ -164,11 +164,9 @@ def train_online(algo: Algorithm, env_id: str, steps: int, seed: int = 0, num_en
                 continue
             train_time += time.perf_counter() - t_train
             extra = {"episode_return": float(np.mean(episode_returns[-10:]))} if episode_returns else {}
-            state = {"rng": get_rng_state(), "sampler_rng": generator.get_state(), "step": step,
-                     "elapsed": time.perf_counter() - t0, "train_time": train_time}
             if not sync_point(result, algo, metrics, step, n_updates, train_time, env_id, is_eval, is_ckpt,
-                              eval_episodes, seed, ref_min_score, ref_max_score, logger, reporter, out, state,
-                              extra):
+                              eval_episodes, seed, ref_min_score, ref_max_score, logger, reporter, out,
+                              generator, t0, extra):
                 break
             t_train = time.perf_counter()
     except KeyboardInterrupt:

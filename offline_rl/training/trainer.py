@@ -110,11 +110,9 @@ def train(algo: Algorithm, dataset: Dataset, steps: int, seed: int = 0, eval_eve
             if step % log_every and not is_eval and not is_ckpt:
                 continue
             train_time += time.perf_counter() - t_train
-            state = {"rng": get_rng_state(), "sampler_rng": generator.get_state(), "step": step,
-                     "elapsed": time.perf_counter() - t0, "train_time": train_time}
             if not sync_point(result, algo, metrics, step, step, train_time, dataset.env_id, is_eval, is_ckpt,
                               eval_episodes, seed, dataset.ref_min_score, dataset.ref_max_score, logger, reporter,
-                              out, state):
+                              out, generator, t0):
                 break
             t_train = time.perf_counter()
     except KeyboardInterrupt:
@@ -133,7 +131,7 @@ def train(algo: Algorithm, dataset: Dataset, steps: int, seed: int = 0, eval_eve
 def sync_point(result: RunResult, algo: Algorithm, metrics: dict[str, torch.Tensor], step: int, n_updates: int,
                train_time: float, env_id: str | None, is_eval: bool, is_ckpt: bool, eval_episodes: int, seed: int,
                ref_min_score: float | None, ref_max_score: float | None, logger: _TensorBoard,
-               reporter: ProgressReporter, out: Path | None, checkpoint_state: dict[str, Any],
+               reporter: ProgressReporter, out: Path | None, generator: torch.Generator, t0: float,
                extra: dict[str, float] | None = None) -> bool:
     """What both training loops do at a sync point: read the metrics (the only host sync), stop on a non-finite
     value (status `diverged`, the last good checkpoint kept), log, evaluate, report and checkpoint.
@@ -154,7 +152,9 @@ def sync_point(result: RunResult, algo: Algorithm, metrics: dict[str, torch.Tens
     _summarise(result, train_time, n_updates)
     reporter.update(step, result.updates_per_s, result.final_score, result.final_return, values)
     if is_ckpt and out is not None:
-        save_checkpoint(out / CHECKPOINT, {"algo": algo.state_dict(), "curve": result.curve, **checkpoint_state})
+        save_checkpoint(out / CHECKPOINT, {
+            "algo": algo.state_dict(), "rng": get_rng_state(), "sampler_rng": generator.get_state(), "step": step,
+            "elapsed": time.perf_counter() - t0, "train_time": train_time, "curve": result.curve})
     return True
 
 
