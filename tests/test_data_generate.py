@@ -15,8 +15,8 @@ from offline_rl.data import generate_dataset, get_card, list_cards, load_dataset
 from offline_rl.data.cards import LABEL_GENERATED, load_cards, measure_reference_scores
 from offline_rl.errors import DatasetError
 
-CARDS = {f"{family}-{level}" for family in ("pendulum", "idp") for level in ("random", "medium", "expert",
-                                                                              "medium-expert")}
+QUICK_CARDS = {f"{family}-{level}" for family in ("pendulum", "idp") for level in ("random", "medium", "expert",
+                                                                                    "medium-expert")}
 
 
 @pytest.fixture(scope="module")
@@ -84,14 +84,17 @@ def test_episodes_replay_exactly_in_a_fresh_env(tmp_path):
 
 
 def test_cards_list_and_fields():
+    """Every card is complete; the quick families are "offline-rl generated" with reference scores (the D4RL-style
+    MuJoCo families are checked in test_data_mujoco.py)."""
     cards = list_cards()
-    assert {c["name"] for c in cards} == CARDS
+    assert QUICK_CARDS <= {c["name"] for c in cards}
     for c in cards:
         for key in ("name", "env_id", "level", "description", "label", "steps", "seed", "behaviour"):
             assert c[key] not in (None, ""), (c["name"], key)
-        assert c["label"] == LABEL_GENERATED
-        assert c["ref_min_score"] < c["ref_max_score"]
+        assert c["label"].startswith(LABEL_GENERATED) and "D4RL" not in c["label"].replace("D4RL-style", "")
         assert c["dataset_id"] == f"offline-rl/{c['family']}/{c['level']}-v{c['version']}"
+        if c["name"] in QUICK_CARDS:
+            assert c["label"] == LABEL_GENERATED and c["ref_min_score"] < c["ref_max_score"]
 
 
 def test_card_file_errors(tmp_path):

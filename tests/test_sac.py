@@ -157,7 +157,7 @@ def test_replay_buffer_terminal_vs_truncation_on_hopper():
         obs = next_obs
     envs.close()
     assert len(buffer) == 1200
-    dones = buffer.dones[:len(buffer)].numpy().astype(bool)
+    dones = buffer.column("dones")[:len(buffer)].numpy().astype(bool)
     term = np.array([r[0] for r in rows])
     trunc = np.array([r[1] for r in rows])
     assert term.sum() > 5 and trunc.sum() > 5
@@ -166,7 +166,7 @@ def test_replay_buffer_terminal_vs_truncation_on_hopper():
     def unhealthy(o: np.ndarray) -> bool:  # Hopper-v5's termination: z ≤ 0.7, |angle| ≥ 0.2 or |state| ≥ 100
         return not (o[0] > 0.7 and abs(o[1]) < 0.2 and np.all(np.abs(o[1:]) < 100))
 
-    nxt = buffer.next_observations.numpy()
+    nxt = buffer.column("next_observations").numpy()
     for k, (te, tr, seen) in enumerate(rows):
         if te or tr:  # the stored next_obs is the final one, not the reset one the policy saw next
             assert not np.allclose(nxt[k], seen)
@@ -174,7 +174,7 @@ def test_replay_buffer_terminal_vs_truncation_on_hopper():
         else:
             np.testing.assert_allclose(nxt[k], seen, rtol=1e-6)
             if k + n_envs < len(buffer):  # continuity: the next row of the same env starts where this one ended
-                np.testing.assert_allclose(buffer.observations[k + n_envs].numpy(), seen, rtol=1e-6)
+                np.testing.assert_allclose(buffer.column("observations")[k + n_envs].numpy(), seen, rtol=1e-6)
 
 
 def test_replay_buffer_ring_and_sampling():
@@ -182,7 +182,7 @@ def test_replay_buffer_ring_and_sampling():
     for t in range(7):
         buf.add(np.full((1, 2), t), np.zeros((1, 1)), np.array([t]), np.full((1, 2), t + 1), np.array([False]))
     assert len(buf) == 5 and buf.ptr == 2
-    assert sorted(buf.rewards.tolist()) == [2, 3, 4, 5, 6]
+    assert sorted(buf.column("rewards").tolist()) == [2, 3, 4, 5, 6]
     batch = buf.sample(64, torch.Generator().manual_seed(0))
     assert batch.observations.shape == (64, 2)
     torch.testing.assert_close(batch.next_observations, batch.observations + 1)

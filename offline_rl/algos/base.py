@@ -33,6 +33,8 @@ class Algorithm(nn.Module):
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = object
+    graph_safe: ClassVar[bool] = False
+    """True when `update` can be captured in a CUDA graph (offline_rl.training.graphs says what that needs)."""
 
     def __init__(self, spec: Spec, config: Any, device: str | torch.device = "cpu") -> None:
         super().__init__()
@@ -52,12 +54,19 @@ class Algorithm(nn.Module):
         """One gradient step. Metrics stay tensors (no host sync)."""
         raise NotImplementedError
 
+    @property
+    def update_period(self) -> int:
+        """`update` depends on `step` only through `step % update_period` (TD3: the delayed actor update)."""
+        return 1
+
     def policy(self) -> nn.Module:
         """obs -> action, deterministic; used by evaluation and export."""
         raise NotImplementedError
 
     def add_optimizer(self, name: str, params: Any, lr: float, **kwargs: Any) -> torch.optim.Adam:
-        """Register an Adam optimiser under `name` (fused kernel: ~20% faster per step on CPU, same update)."""
+        """Register an Adam optimiser under `name` (fused kernel: ~20% faster per step on CPU, same update;
+        capturable on CUDA, so that the step can be replayed from a CUDA graph)."""
+        kwargs.setdefault("capturable", self.device.type == "cuda")
         self.optimizers[name] = torch.optim.Adam(params, lr=lr, fused=True, **kwargs)
         return self.optimizers[name]
 

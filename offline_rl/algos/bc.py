@@ -26,6 +26,7 @@ class BCConfig:
 @register("bc")
 class BC(Algorithm):
     Config = BCConfig
+    graph_safe = True
 
     def __init__(self, spec: Spec, config: BCConfig, device: str | torch.device = "cpu") -> None:
         super().__init__(spec, config, device)

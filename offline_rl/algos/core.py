@@ -131,7 +131,6 @@ class TD3BCBase(Algorithm):
         self.critic_target = frozen_copy(self.critic)
         self.add_optimizer("actor", self.actor.parameters(), c.actor_lr)
         self.add_optimizer("critic", self.critic.parameters(), c.critic_lr)
-        self._last_actor_metrics: dict[str, torch.Tensor] = {}
         self.backup: TD3Backup | None = None
         self.bc_metrics: dict[str, torch.Tensor] = {}
 
@@ -184,9 +183,12 @@ class TD3BCBase(Algorithm):
         metrics = self.critic_step(batch)
         metrics.update(self.extra_updates(batch, step))
         if step % self.config.policy_freq == 0:
-            self._last_actor_metrics = self.actor_step(batch)
-        metrics.update(self._last_actor_metrics)
+            metrics.update(self.actor_step(batch))
         return metrics
+
+    @property
+    def update_period(self) -> int:
+        return self.config.policy_freq
 
     def policy(self) -> nn.Module:
         return PolicyWithNormalizer(self.normalizer, self.actor)

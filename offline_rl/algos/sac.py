@@ -95,6 +95,7 @@ class SACConfig:
 @register("sac")
 class SAC(Algorithm):
     Config = SACConfig
+    graph_safe = True
 
     def __init__(self, spec: Spec, config: SACConfig, device: str | torch.device = "cpu") -> None:
         super().__init__(spec, config, device)
@@ -142,6 +143,10 @@ class SAC(Algorithm):
         if step % c.target_update_interval == 0:
             soft_update(self.critic_target, self.critic, c.tau)
         return metrics
+
+    @property
+    def update_period(self) -> int:
+        return self.config.target_update_interval
 
     @torch.no_grad()
     def explore(self, obs: torch.Tensor) -> torch.Tensor:

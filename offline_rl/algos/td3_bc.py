@@ -15,3 +15,4 @@ class TD3BC(TD3BCBase):
     """Plain TD3+BC: the behaviour-cloning target is the dataset action with weight 1."""
 
     Config = TD3BCConfig
+    graph_safe = True

@@ -70,17 +70,41 @@ def datasets_info(
 
 @datasets_app.command("generate")
 def datasets_generate(
-    name: Annotated[str, typer.Argument(help="Card name, e.g. pendulum-medium.")],
+    name: Annotated[str, typer.Argument(help="Card name, e.g. pendulum-medium or hopper-medium-replay.")],
     steps: Annotated[int | None, typer.Option(help="Number of transitions (default: the card's).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the behaviour rollouts.")] = 0,
+    seed: Annotated[int | None, typer.Option(help="Seed of the behaviour rollouts (default: the card's).")] = None,
     out: Annotated[Path | None, typer.Option(help="Folder to write the Minari dataset to (default: cache).")] = None,
+    num_envs: Annotated[int, typer.Option(help="Sub-envs of the vector env (part of the recipe).")] = 8,
 ) -> None:
     """Roll out a card's behaviour policy and write a Minari dataset."""
     from offline_rl.data import generate_dataset
 
     _check_positive("steps", steps)
-    path = generate_dataset(name, steps=steps, seed=seed, out=out)
+    _check_positive("num-envs", num_envs)
+    path = generate_dataset(name, steps=steps, seed=seed, out=out, num_envs=num_envs)
     typer.echo(str(path))
+
+
+@datasets_app.command("measure-refs")
+def datasets_measure_refs(
+    family: Annotated[str, typer.Argument(help="Dataset family, e.g. hopper (a card file's [family] name).")],
+    episodes: Annotated[int | None, typer.Option(help="Episodes per policy (default: the card's ref_episodes).")]
+    = None,
+    write: Annotated[bool, typer.Option("--write", help="Store the scores in the family's card file.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False,
+) -> None:
+    """Measure a family's reference scores: uniform random (min) and expert behaviour (max) mean returns."""
+    from offline_rl.data.cards import update_reference_scores
+
+    _check_positive("episodes", episodes)
+    result = update_reference_scores(family, episodes, write)
+    if as_json:
+        _print_json(result)
+        return
+    typer.echo(f"{family} ({result['env_id']}, {result['ref_episodes']} episodes each, seeds {result['ref_seed']}+k): "
+               f"ref_min_score {result['ref_min_score']:.2f}, ref_max_score {result['ref_max_score']:.2f}")
+    typer.echo(f"measured with {result['ref_measured']}")
+    typer.echo(f"written to {result['file']}" if write else "not written (pass --write to store them in the card file)")
 
 
 @algos_app.command("list")

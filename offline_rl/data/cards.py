@@ -3,10 +3,17 @@
 A card file has a `[family]` table with what its datasets share (env id, label, reference scores, version) and
 one table per dataset, keyed by the dataset's name (`[pendulum-medium]`), with its level, description, size,
 seed and behaviour policy. A card's own keys override the family's.
+
+Reference scores are the mean returns of the uniform random policy (`ref_min_score`) and of the family's
+`expert` behaviour (`ref_max_score`), measured on the card's env; `update_reference_scores` (CLI:
+`offline-rl datasets measure-refs <family> --write`) measures them and writes them into the card file. A family
+may leave them out until it can be measured (e.g. before its zoo policies exist).
 """
 
 from __future__ import annotations
 
+import json
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,8 +23,11 @@ import numpy as np
 
 from offline_rl.errors import DatasetError
 from offline_rl.paths import resource_dir
+from offline_rl.utils.io import atomic_write_text
 
 LABEL_GENERATED = "offline-rl generated"
+LABEL_D4RL_STYLE = "offline-rl generated (D4RL-style)"
+"""The label of the MuJoCo families rolled out from the behaviour-policy zoo: D4RL's recipe, not D4RL's data."""
 _REQUIRED = ("env_id", "level", "description", "label", "steps", "seed", "behaviour")
 
 
@@ -39,6 +49,7 @@ class Card:
     ref_max_score: float | None = None
     ref_episodes: int = 50
     ref_seed: int = 1000
+    ref_measured: str = ""
     file: str = ""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -106,21 +117,91 @@ def cards_for_env(env_id: str) -> list[Card]:
     return [card for card in load_cards().values() if card.env_id == env_id]
 
 
+def family_cards(family: str, directory: str | Path | None = None) -> list[Card]:
+    """The cards of `family` (e.g. `hopper`), sorted by name; DatasetError listing the families if none."""
+    cards = load_cards(directory).values()
+    found = sorted((c for c in cards if c.family == family), key=lambda c: c.name)
+    if not found:
+        raise DatasetError(f"no dataset family '{family}'; families: {', '.join(sorted({c.family for c in cards}))}")
+    return found
+
+
+def _expert_card(card: Card) -> Card:
+    cards = load_cards(Path(card.file).parent).values()
+    experts = [c for c in cards if c.family == card.family and c.level == "expert"]
+    if not experts:
+        raise DatasetError(f"{card.file}: family '{card.family}' has no 'expert' level to measure ref_max_score")
+    return experts[0]
+
+
 def measure_reference_scores(card: Card, episodes: int | None = None) -> tuple[float, float]:
     """(random, expert) mean returns for the card's family, measured as the card file says.
 
-    Random = uniform random actions; expert = the behaviour of the family's `expert` level. Each is the mean
-    over `ref_episodes` (or `episodes`) episodes seeded `ref_seed + k` (see `offline_rl.envs.rollout`).
+    Random = uniform random actions; expert = the behaviour of the family's `expert` level (for the zoo
+    families: the zoo's expert actor with sampled actions, the policy that generates the expert data). Each is
+    the mean over `ref_episodes` (or `episodes`) episodes seeded `ref_seed + k` (see `offline_rl.envs.rollout`),
+    with torch on one thread.
     """
-    from offline_rl.envs.controllers import make_policy
+    from offline_rl.envs.controllers import make_policy, torch_threads
     from offline_rl.envs.rollout import run_episodes
 
-    experts = [c for c in load_cards(Path(card.file).parent).values() if c.family == card.family and c.level == "expert"]
-    if not experts:
-        raise DatasetError(f"{card.file}: family '{card.family}' has no 'expert' level to measure ref_max_score")
-    scores = []
-    for behaviour in ({"policy": "random"}, experts[0].behaviour):
-        policy = make_policy(behaviour, card.env_id, seed=card.ref_seed)
-        returns, _ = run_episodes(card.env_id, policy, episodes or card.ref_episodes, card.ref_seed, **card.env_kwargs)
-        scores.append(float(np.mean(returns)))
+    behaviours = ({"policy": "random"}, _expert_card(card).behaviour)
+    policies = [make_policy(b, card.env_id, seed=card.ref_seed) for b in behaviours]  # fails before any rollout
+    with torch_threads(1):
+        scores = [float(np.mean(run_episodes(card.env_id, policy, episodes or card.ref_episodes, card.ref_seed,
+                                             **card.env_kwargs)[0])) for policy in policies]
     return scores[0], scores[1]
+
+
+def _measured_with(card: Card) -> str:
+    """What the reference scores depend on besides the env id: library versions and the expert behaviour."""
+    from importlib.metadata import version
+
+    from offline_rl.envs.controllers import describe_behaviour, zoo_checkpoint
+
+    behaviour = _expert_card(card).behaviour
+    expert = describe_behaviour(behaviour)
+    if behaviour.get("policy") == "zoo":
+        row = zoo_checkpoint(behaviour, card.env_id)
+        expert += f" (checkpoint {row['index']}, step {row['step']}, {row['file']}, sha256 {row['sha256'][:12]})"
+    libs = ", ".join(f"{lib} {version(lib)}" for lib in ("gymnasium", "mujoco", "torch"))
+    return f"{libs}; expert: {expert}"
+
+
+def update_reference_scores(family: str, episodes: int | None = None, write: bool = False,
+                            directory: str | Path | None = None) -> dict[str, Any]:
+    """Measure `family`'s reference scores (`measure_reference_scores`) and, with `write`, store them in its card
+    file's `[family]` table (with `ref_episodes` and `ref_measured`); comments and other keys are kept."""
+    card = family_cards(family, directory)[0]
+    ref_min, ref_max = measure_reference_scores(card, episodes)
+    values = {"ref_min_score": ref_min, "ref_max_score": ref_max, "ref_episodes": episodes or card.ref_episodes,
+              "ref_measured": _measured_with(card)}
+    if write:
+        path = Path(card.file)
+        text = _set_family_keys(path.read_text(), values)
+        written = tomllib.loads(text)["family"]
+        if any(written.get(k) != v for k, v in values.items()):
+            raise DatasetError(f"{path}: the updated reference scores did not read back; file left unchanged")
+        atomic_write_text(path, text)
+    return {"family": family, "env_id": card.env_id, "file": card.file, "ref_seed": card.ref_seed, **values,
+            "written": write}
+
+
+def _set_family_keys(text: str, values: dict[str, Any]) -> str:
+    """`text` (a card file) with `key = value` lines for `values` in its `[family]` table: replaced in place,
+    or added after the table's last key."""
+    lines = text.splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.strip() == "[family]"), None)
+    if start is None:
+        raise DatasetError("the card file has no [family] table")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+    for key, value in values.items():
+        line = f"{key} = {json.dumps(value)}"  # a float, an int or a basic string is the same in JSON and TOML
+        found = next((i for i in range(start + 1, end) if re.match(rf"{re.escape(key)}\s*=", lines[i])), None)
+        if found is not None:
+            lines[found] = line
+        else:
+            last_key = max(i for i in range(start, end) if lines[i].strip() and not lines[i].lstrip().startswith("#"))
+            lines.insert(last_key + 1, line)
+            end += 1
+    return "\n".join(lines) + "\n"

@@ -5,9 +5,17 @@ finished episodes hold at least `steps` transitions; every finished episode is k
 running are discarded, so the dataset holds only complete episodes (ended by termination or the env's time
 limit) and slightly more than `steps` transitions.
 
+Parts: a card's behaviour may be several policies rolled out one after the other, each for an equal share of
+`steps` and with seed + k·MIX_SEED_STRIDE (k = the part's index): a `mix` of other cards (e.g. medium-expert:
+half medium, then half expert) or a zoo checkpoint schedule (medium-replay: every ordered zoo checkpoint up to
+the medium one, see `offline_rl.envs.controllers.expand_behaviour`). Episodes are stored part after part.
+
 Determinism: sub-env i is reset with seed + i, later episodes continue each sub-env's own RNG, and the behaviour
-policy's noise comes from its own generator seeded from `seed`; episodes are stored in the order they finish
-(ties by sub-env index). The same arguments give the same dataset.
+policy's noise (numpy) or sampled actions (zoo actors: torch) come from its own generator seeded from `seed`;
+torch runs on one thread. Episodes are stored in the order they finish (ties by sub-env index). The same
+arguments give the same dataset.
+
+Speed: one batched policy call per vector-env step (a zoo actor: one forward pass under inference_mode).
 
 Writing: the dataset is built in a temporary folder beside the target and renamed into place, so an interrupted
 or concurrent generation never leaves a half-written dataset under the final name.
@@ -33,7 +41,13 @@ import numpy as np
 from offline_rl.data.cards import LABEL_GENERATED, Card, cards_for_env, get_card, load_cards
 from offline_rl.data.minari_io import METADATA_KEY, cache_root
 from offline_rl.envs import is_registered, make_env, make_vector_env
-from offline_rl.envs.controllers import describe_behaviour, make_policy
+from offline_rl.envs.controllers import (
+    describe_behaviour,
+    expand_behaviour,
+    make_policy,
+    torch_threads,
+    zoo_checkpoint,
+)
 from offline_rl.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -41,7 +55,7 @@ log = logging.getLogger(__name__)
 NUM_ENVS = 8
 DEFAULT_STEPS = 100_000
 MIX_SEED_STRIDE = 100_000
-"""Component k of a mixed dataset (e.g. medium-expert) is rolled out with seed + k·MIX_SEED_STRIDE."""
+"""Part k of a dataset with several behaviour parts (mix, zoo schedule) is rolled out with seed + k·MIX_SEED_STRIDE."""
 
 Policy = Callable[[np.ndarray], np.ndarray]
 
@@ -97,23 +111,33 @@ class _Plan:
     dataset_id: str
     parts: list[tuple[Policy | dict[str, Any], int, int]]  # (policy or behaviour table, steps, seed)
     ref_scores: tuple[float | None, float | None]
+    label: str
     description: str
     metadata: dict[str, Any]
     env_kwargs: dict[str, Any]
 
 
+def _share(steps: int, n: int, k: int) -> int:
+    """Part k's share of `steps` split into n equal parts (the last takes the remainder)."""
+    return steps // n + (steps % n if k == n - 1 else 0)
+
+
 def _card_parts(card: Card, steps: int, seed: int) -> list[tuple[dict[str, Any], int, int]]:
+    """(behaviour, steps, seed) per part: the card's mix components in order, each expanded into its zoo schedule."""
     mix = card.behaviour.get("mix")
     if mix is None:
-        return [(card.behaviour, steps, seed)]
-    cards = load_cards(Path(card.file).parent)
+        components = [(card.behaviour, steps)]
+    else:
+        cards = load_cards(Path(card.file).parent)
+        for name in mix:
+            if name not in cards or "mix" in cards[name].behaviour:
+                raise DatasetError(f"{card.file}: card '{card.name}' mixes '{name}', which is not a plain card")
+        components = [(cards[name].behaviour, _share(steps, len(mix), k)) for k, name in enumerate(mix)]
     parts = []
-    for k, name in enumerate(mix):
-        if name not in cards or "mix" in cards[name].behaviour:
-            raise DatasetError(f"{card.file}: card '{card.name}' mixes '{name}', which is not a plain card")
-        part_steps = steps // len(mix) + (steps % len(mix) if k == len(mix) - 1 else 0)
-        parts.append((cards[name].behaviour, part_steps, seed + k * MIX_SEED_STRIDE))
-    return parts
+    for behaviour, component_steps in components:
+        expanded = expand_behaviour(behaviour, card.env_id)
+        parts += [(b, _share(component_steps, len(expanded), j)) for j, b in enumerate(expanded)]
+    return [(b, part_steps, seed + k * MIX_SEED_STRIDE) for k, (b, part_steps) in enumerate(parts)]
 
 
 def _plan(name_or_env_id: str, policy: Policy | None, steps: int | None, seed: int | None,
@@ -130,9 +154,9 @@ def _plan(name_or_env_id: str, policy: Policy | None, steps: int | None, seed: i
                       f"offline-rl/{card.family}/{lvl}-seed{seed}-steps{steps}-v{card.version}")
         parts = _card_parts(card, steps, seed) if policy is None else [(policy, steps, seed)]
         behaviour = card.behaviour if policy is None else {"policy": getattr(policy, "__name__", "custom")}
-        return _Plan(card.env_id, dataset_id, parts, (card.ref_min_score, card.ref_max_score), card.description,
-                     {"card": card.name if default else dataset_id, "family": card.family, "level": lvl,
-                      "behaviour": behaviour}, dict(card.env_kwargs))
+        return _Plan(card.env_id, dataset_id, parts, (card.ref_min_score, card.ref_max_score), card.label,
+                     card.description, {"card": card.name if default else dataset_id, "family": card.family,
+                                        "level": lvl, "behaviour": behaviour}, dict(card.env_kwargs))
     if not is_registered(name_or_env_id):
         names = ", ".join(sorted(load_cards()))
         raise DatasetError(f"cannot generate '{name_or_env_id}': not a dataset card ({names}) and not a gymnasium "
@@ -145,9 +169,10 @@ def _plan(name_or_env_id: str, policy: Policy | None, steps: int | None, seed: i
     lvl = level or "custom"
     family_cards = cards_for_env(env_id)
     refs = (family_cards[0].ref_min_score, family_cards[0].ref_max_score) if family_cards else (None, None)
+    label = family_cards[0].label if family_cards else LABEL_GENERATED
     dataset_id = f"offline-rl/{env_id}/{lvl}-seed{seed}-steps{steps}-v0"
     desc = f"{lvl} behaviour on {env_id}, {steps} transitions, seed {seed}"
-    return _Plan(env_id, dataset_id, [(behaviour, steps, seed)], refs, desc,
+    return _Plan(env_id, dataset_id, [(behaviour, steps, seed)], refs, label, desc,
                  {"card": dataset_id, "family": env_id, "level": lvl,
                   "behaviour": behaviour if isinstance(behaviour, dict) else {"policy": "custom"}}, {})
 
@@ -205,33 +230,57 @@ def generate_dataset(name_or_env_id: str, policy: Policy | None = None, steps: i
     is the one `load_dataset(name)` uses) or a gymnasium env id with `level` (a card level for that env, or
     `"random"`) or a `policy` (a callable: observation batch -> action batch, numpy). `seed=None` takes the
     card's seed (0 otherwise). `out` is the Minari root folder (default: `$OFFLINE_RL_HOME/minari`).
-    The reference scores (card's measured random and expert returns) go into the Minari metadata.
+    The reference scores (card's measured random and expert returns) go into the Minari metadata. A card whose
+    behaviour is a zoo policy of an env without shipped zoo weights (or an unknown zoo level) is a DatasetError,
+    raised before any rollout.
     """
     if steps is not None and steps <= 0:
         raise DatasetError(f"steps must be > 0, got {steps}")
     plan = _plan(name_or_env_id, policy, steps, seed, level)
     start = time.perf_counter()
-    episodes: list[dict[str, Any]] = []
-    for behaviour, part_steps, part_seed in plan.parts:
-        pol = make_policy(behaviour, plan.env_id, part_seed) if isinstance(behaviour, dict) else behaviour
-        episodes += collect_episodes(plan.env_id, pol, part_steps, part_seed, num_envs, **plan.env_kwargs)
-    total_steps = sum(len(ep["actions"]) for ep in episodes)
+    checkpoints = _zoo_checkpoints(plan)
+    log.info("generating %s: %d transitions on %s in %d part(s)", plan.dataset_id, sum(s for _, s, _ in plan.parts),
+             plan.env_id, len(plan.parts))
+    with torch_threads(1):
+        policies = [make_policy(b, plan.env_id, part_seed) if isinstance(b, dict) else b
+                    for b, _, part_seed in plan.parts]  # every policy loads (or fails) before any rollout
+        collected = [collect_episodes(plan.env_id, pol, part_steps, part_seed, num_envs, **plan.env_kwargs)
+                     for pol, (_, part_steps, part_seed) in zip(policies, plan.parts, strict=True)]
+    episodes = [ep for part in collected for ep in part]
+    parts = [{"behaviour": b if isinstance(b, dict) else {"policy": "custom"}, "steps": part_steps, "seed": part_seed,
+              "episodes": len(eps), "transitions": sum(len(ep["actions"]) for ep in eps),
+              **({"zoo_checkpoint": ckpt} if ckpt else {})}
+             for (b, part_steps, part_seed), eps, ckpt in zip(plan.parts, collected, checkpoints, strict=True)]
     descriptions = [describe_behaviour(b) if isinstance(b, dict) else "custom policy" for b, _, _ in plan.parts]
-    metadata = {**plan.metadata, "label": LABEL_GENERATED, "env_id": plan.env_id,
+    metadata = {**plan.metadata, "label": plan.label, "env_id": plan.env_id,
                 "steps": sum(s for _, s, _ in plan.parts), "seed": plan.parts[0][2], "num_envs": num_envs,
                 "recipe": _recipe(plan, num_envs), "behaviour_description": " | ".join(descriptions),
-                "generator": __name__}
+                "parts": parts, "generator": __name__}
     path = _write(plan, episodes, Path(out) if out is not None else cache_root(), overwrite, metadata)
-    log.info("generated %s: %d transitions in %d episodes, %.1f s", plan.dataset_id, total_steps, len(episodes),
-             time.perf_counter() - start)
+    log.info("generated %s: %d transitions in %d episodes, %.1f s", plan.dataset_id,
+             sum(p["transitions"] for p in parts), len(episodes), time.perf_counter() - start)
     return path
 
 
+def _zoo_checkpoints(plan: _Plan) -> list[dict[str, Any] | None]:
+    """Per part: the zoo checkpoint it rolls out (index, step, file, measured return, sha256), else None."""
+    keys = ("index", "step", "file", "return_mean", "sha256")
+    return [{k: row.get(k) for k in keys} if (row := _zoo_row(b, plan.env_id)) else None for b, _, _ in plan.parts]
+
+
+def _zoo_row(behaviour: Policy | dict[str, Any], env_id: str) -> dict[str, Any] | None:
+    is_zoo = isinstance(behaviour, dict) and behaviour.get("policy") == "zoo"
+    return zoo_checkpoint(behaviour, env_id) if is_zoo else None
+
+
 def _recipe(plan: _Plan, num_envs: int) -> list[Any] | None:
-    """What determines the data (env, behaviours, sizes, seeds); None for a custom callable policy."""
+    """What determines the data (env, behaviours, sizes, seeds, and the zoo weights' sha256 when the behaviour
+    is a zoo policy, so that retrained zoo weights make a cached dataset stale); None for a custom policy."""
     if not all(isinstance(b, dict) for b, _, _ in plan.parts):
         return None
-    return [plan.env_id, plan.env_kwargs, num_envs, [[b, s, seed] for b, s, seed in plan.parts]]
+    recipe = [plan.env_id, plan.env_kwargs, num_envs, [[b, s, seed] for b, s, seed in plan.parts]]
+    weights = [ckpt["sha256"] for ckpt in _zoo_checkpoints(plan) if ckpt]
+    return recipe + [weights] if weights else recipe
 
 
 def ensure_card_dataset(card: Card) -> Path:

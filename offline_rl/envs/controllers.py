@@ -1,28 +1,41 @@
-"""Scripted behaviour policies for the quick dataset families: no training, reliable experts.
+"""Behaviour policies of the generated datasets: scripted controllers, uniform random, and the zoo's SAC actors.
 
 A policy maps an observation batch (numpy, shape (n, obs_dim)) to an action batch (n, act_dim). Dataset cards
-name a behaviour as a small table, e.g. `{policy = "pendulum-swingup", action_noise = 1.0, random_prob = 0.3}`,
-and `make_policy` turns it into a callable.
+name a behaviour as a small table, and `make_policy` turns it into a callable:
+
+    { policy = "pendulum-swingup", action_noise = 1.0, random_prob = 0.3 }   # scripted controller + noise
+    { policy = "random" }                                                    # uniform random actions
+    { policy = "zoo", level = "medium" }        # a shipped SAC actor (offline_rl.zoo) of the card's env, with
+    { policy = "zoo", checkpoint = 3 }          # sampled actions; `checkpoint` indexes the ordered snapshots
+
+A card may also name a schedule, `{ policy = "zoo", checkpoints = "up-to-medium" }`: the zoo's ordered
+checkpoints from the first up to and including the level's, one after the other (`expand_behaviour`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable, Mapping
-from typing import Any
+import hashlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import mujoco
 import numpy as np
 import scipy.linalg
+import torch
 
 from offline_rl.envs import box_bounds, env_spaces
-from offline_rl.errors import DatasetError
+from offline_rl.errors import DatasetError, UserError
+
+if TYPE_CHECKING:
+    from offline_rl.zoo import ZooPolicy
 
 Policy = Callable[[np.ndarray], np.ndarray]
 
-__all__ = ["Policy", "PendulumSwingUp", "InvertedDoublePendulumLQR", "RandomPolicy", "NoisyPolicy", "CONTROLLERS",
-           "make_policy", "describe_behaviour"]
+__all__ = ["Policy", "PendulumSwingUp", "InvertedDoublePendulumLQR", "RandomPolicy", "NoisyPolicy", "ZooBehaviour",
+           "CONTROLLERS", "make_policy", "expand_behaviour", "zoo_checkpoint", "describe_behaviour", "torch_threads"]
 
 
 class PendulumSwingUp:
@@ -131,21 +144,130 @@ class NoisyPolicy:
         return np.clip(action, self.low, self.high).astype(np.float32)
 
 
+class ZooBehaviour:
+    """A zoo SAC actor as a batched numpy policy: actions sampled from the tanh-Gaussian with the policy's own
+    seeded torch generator, one actor forward pass per call, under `torch.inference_mode`."""
+
+    def __init__(self, policy: ZooPolicy) -> None:
+        self.policy = policy
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self.policy(obs)
+
+
 CONTROLLERS: dict[str, Callable[[str], Policy]] = {
     "pendulum-swingup": PendulumSwingUp,
     "idp-lqr": InvertedDoublePendulumLQR,
 }
 
-_BEHAVIOUR_KEYS = {"policy", "action_noise", "random_prob"}
+_NOISE_KEYS = {"action_noise", "random_prob"}
+_ZOO_KEYS = {"level", "checkpoint"}
+_SCHEDULE_PREFIX = "up-to-"
+
+
+@contextlib.contextmanager
+def torch_threads(n: int = 1) -> Iterator[None]:
+    """Run torch on `n` intra-op threads for the duration. Behaviour-policy batches are tiny, so one thread is
+    the fastest, and a fixed thread count keeps the sampled rollouts bit-identical from run to run."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _zoo_rows(env_id: str) -> list[dict[str, Any]]:
+    """The zoo's ordered checkpoints of `env_id`; DatasetError when none are shipped yet."""
+    from offline_rl import zoo
+
+    if env_id not in zoo.envs():
+        raise DatasetError(f"no behaviour-policy zoo weights are shipped for {env_id} yet (zoo envs: "
+                           f"{', '.join(zoo.envs()) or 'none'}); train them with `python -m offline_rl.zoo.train "
+                           f"--env {env_id}`")
+    return zoo.checkpoints(env_id)
+
+
+def _zoo_level_index(env_id: str, level: str) -> int:
+    from offline_rl import zoo
+
+    levels = zoo.manifest()[env_id].get("levels", {})
+    if level not in levels:
+        raise DatasetError(f"{env_id}: the zoo has no level '{level}'; levels: {', '.join(levels) or 'none'}")
+    return int(levels[level])
+
+
+def zoo_checkpoint(behaviour: Mapping[str, Any], env_id: str) -> dict[str, Any]:
+    """The manifest row (step, file, measured returns) of the checkpoint that a `{policy = "zoo"}` behaviour
+    names, with `index` (its position in step order) and the `sha256` of its weights file.
+
+    DatasetError when `env_id` has no shipped zoo weights yet, or the level or index is unknown.
+    """
+    from offline_rl import zoo
+
+    rows = _zoo_rows(env_id)
+    if ("level" in behaviour) == ("checkpoint" in behaviour):
+        raise DatasetError(f"behaviour {dict(behaviour)}: a zoo policy needs exactly one of 'level' (e.g. "
+                           "\"medium\") or 'checkpoint' (an index into the ordered checkpoints)")
+    if "level" in behaviour:
+        index = _zoo_level_index(env_id, str(behaviour["level"]))
+    else:
+        index = behaviour["checkpoint"]
+        if not isinstance(index, int) or not 0 <= index < len(rows):
+            raise DatasetError(f"behaviour {dict(behaviour)}: {env_id} has {len(rows)} zoo checkpoints; "
+                               f"'checkpoint' must be an index in 0..{len(rows) - 1}")
+    path = zoo.WEIGHTS_DIR / rows[index]["file"]
+    if not path.is_file():
+        raise DatasetError(f"{path}: zoo weights missing (is the package data installed?)")
+    return {**rows[index], "index": index, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def _zoo_policy(behaviour: Mapping[str, Any], env_id: str, seed: int) -> ZooBehaviour:
+    from offline_rl import zoo
+
+    index = zoo_checkpoint(behaviour, env_id)["index"]
+    torch_seed = int(np.random.SeedSequence([seed, 0x200]).generate_state(1, np.uint64)[0])
+    try:
+        policy = zoo.load_policy(env_id, index, deterministic=False,
+                                 generator=torch.Generator().manual_seed(torch_seed))
+    except UserError as e:
+        raise DatasetError(f"{env_id}: cannot load zoo checkpoint {index}: {e}") from e
+    return ZooBehaviour(policy)
+
+
+def expand_behaviour(behaviour: Mapping[str, Any], env_id: str) -> list[dict[str, Any]]:
+    """The behaviours that a card's behaviour rolls out, in order: itself, or for a zoo schedule
+    `{policy = "zoo", checkpoints = "up-to-<level>"}` what the SAC run's replay buffer held when it reached that
+    level: uniform random actions (SAC's warm-up, in place of the untrained actor at checkpoint 0), then one
+    `{policy = "zoo", checkpoint = k}` per ordered checkpoint k = 1 .. level − 1 (the policy that collected the
+    interval after its snapshot; noise keys are kept on each)."""
+    schedule = behaviour.get("checkpoints")
+    if schedule is None:
+        return [dict(behaviour)]
+    unknown = set(behaviour) - {"policy", "checkpoints"} - _NOISE_KEYS
+    if behaviour.get("policy") != "zoo" or unknown:
+        raise DatasetError(f"behaviour {dict(behaviour)}: 'checkpoints' goes with policy = \"zoo\" and the noise "
+                           f"keys only")
+    if not isinstance(schedule, str) or not schedule.startswith(_SCHEDULE_PREFIX):
+        raise DatasetError(f"behaviour {dict(behaviour)}: 'checkpoints' must be \"{_SCHEDULE_PREFIX}<level>\", "
+                           "e.g. \"up-to-medium\"")
+    _zoo_rows(env_id)
+    last = _zoo_level_index(env_id, schedule.removeprefix(_SCHEDULE_PREFIX))
+    rest = {k: v for k, v in behaviour.items() if k != "checkpoints"}
+    return [{"policy": "random"}] + [{**rest, "checkpoint": k} for k in range(1, last)]
 
 
 def make_policy(behaviour: Mapping[str, Any], env_id: str, seed: int) -> Policy:
-    """The behaviour policy a card describes: `{policy = "random"}` or a controller name plus optional noise."""
-    unknown = set(behaviour) - _BEHAVIOUR_KEYS
-    if unknown:
-        raise DatasetError(f"behaviour {dict(behaviour)}: unknown keys {sorted(unknown)} "
-                           f"(allowed: {sorted(_BEHAVIOUR_KEYS)})")
+    """The behaviour policy a card describes (see the module docstring): `{policy = "random"}`, a controller
+    name or `"zoo"`, plus optional noise. Random draws come from generators seeded from `seed`."""
     name = behaviour.get("policy")
+    allowed = {"policy"} | _NOISE_KEYS | (_ZOO_KEYS if name == "zoo" else set())
+    unknown = set(behaviour) - allowed
+    if unknown:
+        hint = " (a checkpoint schedule: expand it with expand_behaviour)" if "checkpoints" in unknown else ""
+        raise DatasetError(f"behaviour {dict(behaviour)}: unknown keys {sorted(unknown)} "
+                           f"(allowed with policy {name!r}: {sorted(allowed)}){hint}")
     bounds = box_bounds(env_spaces(env_id)[1])
     if bounds is None:
         raise DatasetError(f"{env_id}: only Box action spaces are supported")
@@ -153,9 +275,13 @@ def make_policy(behaviour: Mapping[str, Any], env_id: str, seed: int) -> Policy:
     rng = np.random.default_rng([seed, 0xB0])  # the noise stream, separate from the env seeds
     if name == "random":
         return RandomPolicy(low, high, rng)
-    if name not in CONTROLLERS:
-        raise DatasetError(f"behaviour policy {name!r} is unknown; known: random, {', '.join(sorted(CONTROLLERS))}")
-    base = CONTROLLERS[name](env_id)
+    if name == "zoo":
+        base: Policy = _zoo_policy(behaviour, env_id, seed)
+    elif name in CONTROLLERS:
+        base = CONTROLLERS[name](env_id)
+    else:
+        known = ", ".join(["random", "zoo", *sorted(CONTROLLERS)])
+        raise DatasetError(f"behaviour policy {name!r} is unknown; known: {known}")
     noise, prob = float(behaviour.get("action_noise", 0.0)), float(behaviour.get("random_prob", 0.0))
     if noise == 0.0 and prob == 0.0:
         return base
@@ -163,8 +289,13 @@ def make_policy(behaviour: Mapping[str, Any], env_id: str, seed: int) -> Policy:
 
 
 def describe_behaviour(behaviour: Mapping[str, Any]) -> str:
-    """A one-line description, e.g. `pendulum-swingup + gaussian noise 1.0·half-range + 30% random actions`."""
+    """A one-line description, e.g. `pendulum-swingup + gaussian noise 1.0·half-range + 30% random actions` or
+    `zoo SAC actor, level medium, sampled actions`."""
     text = str(behaviour.get("policy", "?"))
+    if text == "zoo":
+        which = next((f"{key} {behaviour[key]}" for key in ("level", "checkpoint", "checkpoints") if key in behaviour),
+                     "?")
+        text = f"zoo SAC actor, {which}, sampled actions"
     if behaviour.get("action_noise"):
         text += f" + gaussian noise {behaviour['action_noise']}·half-range"
     if behaviour.get("random_prob"):

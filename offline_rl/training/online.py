@@ -19,7 +19,7 @@ curve; they do not hold the replay buffer or the env states, so an online run is
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from offline_rl.algos.base import Algorithm
 from offline_rl.data.dataset import Batch
 from offline_rl.envs import make_vector_env
 from offline_rl.training.checkpoint import save_checkpoint
+from offline_rl.training.graphs import GraphedCall, UpdateStep
 from offline_rl.training.progress import ProgressReporter
 from offline_rl.training.seeding import seed_everything
 from offline_rl.training.trainer import RESULT, RunResult, _config_dict, _TensorBoard, sync_point
@@ -43,35 +44,70 @@ def snapshot_path(out_dir: str | Path, step: int) -> Path:
 
 
 class ReplayBuffer:
-    """A ring buffer of preallocated tensors on `device`; sampling draws and gathers indices there (no host sync)."""
+    """A ring buffer in one preallocated [capacity, row] tensor on `device` (one host→device copy per `add`);
+    sampling draws and gathers indices there (no host sync). The fill level also lives on the device, so a
+    sample can be captured in a CUDA graph while the buffer grows."""
 
     def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: str | torch.device = "cpu") -> None:
         self.capacity, self.device = int(capacity), torch.device(device)
-        self.observations = torch.zeros(self.capacity, obs_dim, device=self.device)
-        self.actions = torch.zeros(self.capacity, act_dim, device=self.device)
-        self.rewards = torch.zeros(self.capacity, device=self.device)
-        self.next_observations = torch.zeros(self.capacity, obs_dim, device=self.device)
-        self.dones = torch.zeros(self.capacity, device=self.device)
+        widths = {"observations": obs_dim, "actions": act_dim, "rewards": 1, "next_observations": obs_dim, "dones": 1}
+        self.storage = torch.zeros(self.capacity, sum(widths.values()), device=self.device)
+        self.columns: dict[str, slice] = {}
+        start = 0
+        for name, width in widths.items():
+            self.columns[name] = slice(start, start + width)
+            start += width
+        self.size_t = torch.zeros((), device=self.device)
         self.ptr = self.size = 0
 
     def __len__(self) -> int:
         return self.size
 
+    def column(self, name: str) -> torch.Tensor:
+        """The stored rows' `name` column (a Batch field name), as a view."""
+        return self._view(self.storage[: self.size], name)
+
+    def _view(self, rows: torch.Tensor, name: str) -> torch.Tensor:
+        col = rows[:, self.columns[name]]
+        return col.squeeze(1) if name in ("rewards", "dones") else col
+
     def add(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
             terminated: np.ndarray) -> None:
         """Add a batch of n transitions (first dimension n); `terminated` is the bootstrap mask."""
         n = len(obs)
-        idx = torch.arange(self.ptr, self.ptr + n, device=self.device) % self.capacity
-        for buf, value in ((self.observations, obs), (self.actions, actions), (self.rewards, rewards),
-                           (self.next_observations, next_obs), (self.dones, terminated)):
-            buf[idx] = torch.as_tensor(np.asarray(value), dtype=torch.float32).to(self.device, non_blocking=True)
+        rows = np.concatenate([np.asarray(obs, np.float32).reshape(n, -1), np.asarray(actions, np.float32).reshape(n, -1),
+                               np.asarray(rewards, np.float32).reshape(n, 1), np.asarray(next_obs, np.float32).reshape(n, -1),
+                               np.asarray(terminated, np.float32).reshape(n, 1)], axis=1)
+        rows_t = torch.from_numpy(rows).to(self.device)
+        first = min(n, self.capacity - self.ptr)  # rows up to the end of the ring, then the rest from its start
+        self.storage[self.ptr:self.ptr + first] = rows_t[:first]
+        if first < n:
+            self.storage[: n - first] = rows_t[first:]
         self.ptr = (self.ptr + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
+        self.size_t.fill_(self.size)
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
-        idx = torch.randint(0, self.size, (batch_size,), device=self.device, generator=generator)
-        return Batch(self.observations[idx], self.actions[idx], self.rewards[idx], self.next_observations[idx],
-                     self.dones[idx])
+        """Uniform over the filled rows: floor(U·size) with U ~ U[0, 1), size read on the device."""
+        u = torch.rand(batch_size, device=self.device, generator=generator)
+        idx = torch.minimum((u * self.size_t).long(), (self.size_t - 1).long())
+        rows = self.storage[idx]
+        return Batch(*(self._view(rows, name) for name in self.columns))
+
+
+def _explorer(algo: Algorithm, num_envs: int, graphed: bool) -> Callable[[np.ndarray], np.ndarray]:
+    """obs batch (numpy) → sampled env actions (numpy); on CUDA with graphs, one replay per call."""
+    device = algo.device
+    if not graphed:
+        return lambda obs: algo.explore(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+    static_obs = torch.zeros(num_envs, algo.spec.obs_dim, device=device)
+    call = GraphedCall(lambda: algo.explore(static_obs), name=f"{algo.name} explore")
+
+    def explore(obs: np.ndarray) -> np.ndarray:
+        static_obs.copy_(torch.as_tensor(obs, dtype=torch.float32))
+        return call().cpu().numpy()
+
+    return explore
 
 
 def step_envs(envs, actions: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -94,12 +130,17 @@ def train_online(algo: Algorithm, env_id: str, steps: int, seed: int = 0, num_en
                  start_steps: int | None = None, updates_per_step: int | None = None, batch_size: int | None = None,
                  buffer_size: int | None = None, snapshot_steps: Iterable[int] = (), ckpt_every: int | None = None,
                  log_every: int = 1000, progress: bool | None = None, ref_min_score: float | None = None,
-                 ref_max_score: float | None = None) -> RunResult:
+                 ref_max_score: float | None = None, cuda_graphs: bool = True,
+                 time_limit_s: float | None = None) -> RunResult:
     """Train `algo` online on `env_id` for `steps` env steps (summed over the sub-envs) and return the run record.
 
     `start_steps`, `updates_per_step`, `batch_size` and `buffer_size` default to the algorithm's config values.
     `snapshot_steps`: env steps at which to save the policy's state_dict under `out_dir/snapshots/` (0 = before any
-    update; with several sub-envs, after the loop iteration that reaches the step). Evaluation (deterministic policy, seeds seed + 100 + i) runs every `eval_every` env steps and at the end.
+    update; with several sub-envs, after the loop iteration that reaches the step). Evaluation (deterministic
+    policy, seeds seed + 100 + i) runs every `eval_every` env steps and at the end. On CUDA the update and the
+    exploration forward replay from CUDA graphs (`cuda_graphs`, offline_rl.training.graphs). `time_limit_s` stops
+    training at the first loop iteration past that many seconds (status `time_limit`), with a final snapshot,
+    evaluation and checkpoint at the step reached.
     """
     cfg = algo.config
     start_steps = getattr(cfg, "start_steps", 0) if start_steps is None else start_steps
@@ -115,6 +156,8 @@ def train_online(algo: Algorithm, env_id: str, steps: int, seed: int = 0, num_en
     envs = make_vector_env(env_id, num_envs, seed=seed)
     buffer = ReplayBuffer(capacity, algo.spec.obs_dim, algo.spec.act_dim, device)
     generator = torch.Generator(device=device).manual_seed(seed)
+    update = UpdateStep(algo, lambda gen: buffer.sample(batch_size, gen), generator, cuda_graphs)
+    explore = _explorer(algo, num_envs, update.graphed)
     result = RunResult(algo=algo.name, dataset=env_id, dataset_source=f"online:{env_id}", dataset_label="online",
                        behavior_score=None, seed=seed, steps=steps, eval_every=eval_every,
                        eval_episodes=eval_episodes, config=_config_dict(cfg), device=str(device))
@@ -140,8 +183,7 @@ def train_online(algo: Algorithm, env_id: str, steps: int, seed: int = 0, num_en
             if step < start_steps:
                 actions = envs.action_space.sample()
             else:
-                obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
-                actions = algo.explore(obs_t).cpu().numpy()
+                actions = explore(obs)
             next_obs, real_next, rewards, terminated, truncated = step_envs(envs, actions)
             buffer.add(obs, actions, rewards, real_next, terminated)
             running_return += rewards
@@ -154,7 +196,11 @@ def train_online(algo: Algorithm, env_id: str, steps: int, seed: int = 0, num_en
             if step > start_steps:
                 for _ in range(updates_per_step * (step - max(prev, start_steps))):
                     n_updates += 1
-                    metrics = algo.update(buffer.sample(batch_size, generator), n_updates)
+                    metrics = update(n_updates)
+            out_of_time = time_limit_s is not None and time.perf_counter() - t0 > time_limit_s
+            if out_of_time:
+                result.status, steps = "time_limit", step
+                snapshot_at.add(step)
             for s in range(prev + 1, step + 1):
                 snapshot(s)
 

@@ -21,6 +21,7 @@ from offline_rl.algos.base import Algorithm
 from offline_rl.data.dataset import Dataset
 from offline_rl.evaluation import evaluate
 from offline_rl.training.checkpoint import load_checkpoint, save_checkpoint
+from offline_rl.training.graphs import UpdateStep
 from offline_rl.training.progress import ProgressReporter
 from offline_rl.training.seeding import get_rng_state, set_rng_state
 from offline_rl.utils.io import atomic_write_json
@@ -67,11 +68,12 @@ class RunResult:
 def train(algo: Algorithm, dataset: Dataset, steps: int, seed: int = 0, eval_every: int = 5000,
           eval_episodes: int = 10, out_dir: str | Path | None = None, resume: bool = False,
           ckpt_every: int | None = None, log_every: int = 1000, progress: bool | None = None,
-          batch_size: int | None = None) -> RunResult:
+          batch_size: int | None = None, cuda_graphs: bool = True) -> RunResult:
     """Train `algo` on `dataset` for `steps` gradient updates and return the run record.
 
     With `out_dir`, writes TensorBoard logs, atomic checkpoints every `ckpt_every` steps (default: each evaluation)
-    and `result.json`. `resume=True` continues from `out_dir/checkpoint.pt` when it exists.
+    and `result.json`. `resume=True` continues from `out_dir/checkpoint.pt` when it exists. On CUDA, updates of a
+    `graph_safe` algorithm replay from CUDA graphs unless `cuda_graphs=False` (offline_rl.training.graphs).
     """
     out = Path(out_dir) if out_dir is not None else None
     dataset = dataset.to(algo.device)
@@ -95,6 +97,7 @@ def train(algo: Algorithm, dataset: Dataset, steps: int, seed: int = 0, eval_eve
         start, elapsed, train_time = state["step"], state["elapsed"], state["train_time"]
         result.curve = state["curve"]
 
+    update = UpdateStep(algo, lambda gen: dataset.sample(batch_size, gen), generator, cuda_graphs)
     logger = _TensorBoard(out, purge_step=start + 1 if start else None)
     reporter = ProgressReporter(steps, start, enabled=progress)
     t0 = time.perf_counter() - elapsed
@@ -104,7 +107,7 @@ def train(algo: Algorithm, dataset: Dataset, steps: int, seed: int = 0, eval_eve
     try:
         t_train = time.perf_counter()
         for step in range(start + 1, steps + 1):
-            metrics = algo.update(dataset.sample(batch_size, generator), step)
+            metrics = update(step)
             is_eval = bool(eval_every) and (step % eval_every == 0 or step == steps)
             is_ckpt = step % ckpt_every == 0 or step == steps
             if step % log_every and not is_eval and not is_ckpt:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from offline_rl.training.online import SNAPSHOTS
 from offline_rl.zoo import MANIFEST, WEIGHTS_DIR, ZooPolicy, actor_from_state_dict
 
 MEDIUM_RANGE = (1.0 / 3.0, 1.0 / 2.0)
@@ -57,6 +58,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--episodes", type=int, default=20, help="episodes per snapshot measurement")
     p.add_argument("--run-dir", default=None, help="default: /tmp/offline_rl_zoo/<env>")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (CUDA graphs replay the SAC update there)")
+    p.add_argument("--envs", type=int, default=1, help="sub-envs stepped together (one update per env step)")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="stop training after this many seconds; the last snapshot is then the expert")
+    p.add_argument("--train-only", action="store_true", help="train and snapshot; measure later (--measure-only)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="SAC hyperparameter key=value")
     p.add_argument("--measure-only", action="store_true", help="reuse the run dir's snapshots; do not train")
     p.add_argument("--no-ship", action="store_true", help="measure and select, but write nothing into the package")
@@ -67,22 +73,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     run_dir = Path(args.run_dir or f"/tmp/offline_rl_zoo/{args.env}")
-    from offline_rl.training.online import snapshot_path
 
     snap_steps = sorted({*range(0, args.steps + 1, args.snapshot_every), args.steps})
     given = sys.argv[1:] if argv is None else argv  # the training command: the flags that shape training only
-    command = "python -m offline_rl.zoo.train " + shlex.join(a for a in given if a not in ("--measure-only", "--no-ship"))
+    local_flags = ("--measure-only", "--no-ship", "--train-only")
+    command = "python -m offline_rl.zoo.train " + shlex.join(a for a in given if a not in local_flags)
     if args.measure_only:  # also for a run that was killed: its snapshots so far are what the command produces
         train_info = _read(run_dir / "zoo_train.json") or _read(run_dir / "zoo_run.json")
-        snap_steps = [s for s in snap_steps if snapshot_path(run_dir, s).exists()]
-        if len(snap_steps) < 3:
-            raise SystemExit(f"{run_dir}: too few actor snapshots to pick levels from")
         if "train_wall_time_s" not in train_info:  # killed run: snapshot times bound the training time
-            times = [snapshot_path(run_dir, s).stat().st_mtime for s in snap_steps]
-            train_info["train_wall_time_s"] = round(max(times) - min(times), 1)
+            times = [p.stat().st_mtime for p in (run_dir / SNAPSHOTS).glob("step_*.pt")]
+            train_info["train_wall_time_s"] = round(max(times) - min(times), 1) if times else 0.0
     else:
         train_info = _train(args, run_dir, snap_steps, command)
+        if args.train_only:
+            return train_info
     train_info.setdefault("command", command)
+    # The snapshots on disk: the planned ones a run reached, plus the last one of a run stopped by --time-limit.
+    snap_steps = sorted(s for s in (int(p.stem.split("_")[1]) for p in (run_dir / SNAPSHOTS).glob("step_*.pt"))
+                        if s <= args.steps)
+    if len(snap_steps) < 3:
+        raise SystemExit(f"{run_dir}: too few actor snapshots to pick levels from")
     measured = _measure_all(args, run_dir, snap_steps)
     entry = _select(args, measured, train_info)
     if not args.no_ship:
@@ -103,16 +113,18 @@ def _train(args: argparse.Namespace, run_dir: Path, snap_steps: list[int], comma
                 tuple(map(float, act_space.high)))
     values = algos.load_preset("sac", family=args.env.split("-")[0].lower())
     values.update(algos.parse_overrides(args.overrides))
-    algo = algos.make("sac", spec, values, seed=args.seed)
+    algo = algos.make("sac", spec, values, seed=args.seed, device=args.device)
     atomic_write_json(run_dir / "zoo_run.json", {"command": command, "config": dataclasses.asdict(algo.config)})
     t0 = time.time()
-    result = train_online(algo, args.env, args.steps, seed=args.seed, eval_every=args.eval_every, eval_episodes=10,
-                          out_dir=run_dir, snapshot_steps=snap_steps, progress=None, log_every=5000)
+    result = train_online(algo, args.env, args.steps, seed=args.seed, num_envs=args.envs, eval_every=args.eval_every,
+                          eval_episodes=10, out_dir=run_dir, snapshot_steps=snap_steps, progress=None,
+                          log_every=5000, time_limit_s=args.time_limit)
     info = {"command": command, "config": dataclasses.asdict(algo.config), "train_wall_time_s": round(time.time() - t0, 1),
-            "updates_per_s": round(result.updates_per_s, 1), "status": result.status,
+            "updates_per_s": round(result.updates_per_s, 1), "status": result.status, "device": result.device,
+            "trained_steps": result.step,
             "training_curve": [[int(s), round(r, 1)] for s, _, r in result.curve]}
     atomic_write_json(run_dir / "zoo_train.json", info)
-    if result.status != "completed":
+    if result.status not in ("completed", "time_limit"):
         raise SystemExit(f"training ended with status {result.status}")
     return info
 
@@ -167,9 +179,15 @@ def _select(args: argparse.Namespace, measured: dict[int, dict[str, float]], tra
     import gymnasium
     import mujoco
 
-    stopped = {} if final == args.steps else {
-        "note": f"the training run was killed at step {final} of {args.steps}; the command reproduces these snapshots "
-                f"(deterministic on CPU) and the expert is the last one, at step {final}"}
+    if final == args.steps:
+        stopped = {}
+    elif train_info.get("status") == "time_limit":
+        stopped = {"note": f"training stopped at step {final} of {args.steps} by --time-limit on "
+                           f"{train_info.get('device', 'cpu')}; the expert is the last snapshot, at step {final}"}
+    else:
+        stopped = {"note": f"the training run was killed at step {final} of {args.steps}; the command reproduces these "
+                           f"snapshots (deterministic on CPU) and the expert is the last one, at step {final}"}
+    device = {"device": train_info["device"]} if "device" in train_info else {}
     return {
         "algo": "sac", "command": train_info["command"], **stopped, "seed": args.seed, "steps": args.steps,
         "trained_steps": final,
@@ -178,7 +196,7 @@ def _select(args: argparse.Namespace, measured: dict[int, dict[str, float]], tra
                       f"within [1/3, 1/2] of expert ({lo:.1f} .. {hi:.1f})"),
         "medium_in_range": bool(lo <= measured[medium]["return_mean"] <= hi),
         "levels": {"random": 0, "medium": shipped.index(medium), "expert": len(shipped) - 1},
-        "train_wall_time_s": train_info.get("train_wall_time_s", 0.0),
+        **device, "train_wall_time_s": train_info.get("train_wall_time_s", 0.0),
         "updates_per_s": train_info.get("updates_per_s", 0.0),
         "versions": {"torch": torch.__version__, "gymnasium": gymnasium.__version__, "mujoco": mujoco.__version__},
         "sac_config": {k: list(v) if isinstance(v, tuple) else v
