@@ -124,3 +124,18 @@ def test_online_time_limit_stops_with_a_final_snapshot(tmp_path):
     assert result.status == "time_limit" and 100 < result.step < 10**6
     assert (tmp_path / "snapshots" / f"step_{result.step:08d}.pt").exists()
     assert (tmp_path / "checkpoint.pt").exists()
+
+
+def test_replay_buffer_state_round_trip_keeps_chronological_order():
+    full = ReplayBuffer(4, 1, 1)
+    for t in range(6):  # wraps: holds rewards 2, 3, 4, 5 with the oldest at ptr 2
+        full.add(np.zeros((1, 1)), np.zeros((1, 1)), np.array([float(t)]), np.zeros((1, 1)), np.zeros(1))
+    state = full.state_dict()
+    assert state["rows"][:, full.columns["rewards"]].flatten().tolist() == [2.0, 3.0, 4.0, 5.0]
+    bigger = ReplayBuffer(10, 1, 1)
+    bigger.load_state_dict(state)
+    bigger.add(np.zeros((1, 1)), np.zeros((1, 1)), np.array([6.0]), np.zeros((1, 1)), np.zeros(1))
+    assert bigger.column("rewards").tolist() == [2.0, 3.0, 4.0, 5.0, 6.0]
+    smaller = ReplayBuffer(3, 1, 1)
+    smaller.load_state_dict(state)
+    assert smaller.column("rewards").tolist() == [3.0, 4.0, 5.0] and smaller.ptr == 0

@@ -252,3 +252,21 @@ def test_sac_learns_pendulum():
     assert random_return < -900
     assert result.final_return > -400, (result.final_return, random_return)
     assert math.isfinite(result.metrics["alpha"])
+
+
+def test_train_online_resumes_with_its_replay_buffer(tmp_path):
+    """A run stopped at 300 env steps and resumed to 600 keeps its buffer, update count and curve."""
+    def run(steps: int, resume: bool):
+        algo = algos.make("sac", Spec(3, 1, (-2.0,), (2.0,)), {"hidden": [16, 16], "batch_size": 32}, seed=3)
+        return train_online(algo, "Pendulum-v1", steps, seed=3, eval_every=300, eval_episodes=1, out_dir=tmp_path,
+                            start_steps=100, progress=False, log_every=100, resume=resume)
+
+    first = run(300, resume=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    rows_300 = state["online"]["buffer"]["rows"]
+    assert state["step"] == 300 and state["online"]["n_updates"] == 200 and len(rows_300) == 300
+    second = run(600, resume=True)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 600 and state["online"]["n_updates"] == 500
+    assert torch.equal(state["online"]["buffer"]["rows"][:300], rows_300)  # the first 300 transitions kept
+    assert [p[0] for p in second.curve] == [300, 600] and second.curve[0] == first.curve[0]

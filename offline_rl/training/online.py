@@ -11,8 +11,8 @@ done = 0 and, like a termination, with the sub-env's true last observation (`inf
 autoreset) as next_obs, never the reset observation.
 
 Seeding (python, numpy, torch, env resets, action-space sampling, replay sampling) makes a run on CPU
-reproducible. Checkpoints are atomic and hold the algorithm with its optimisers, the RNG states, the step and the
-curve; they do not hold the replay buffer or the env states, so an online run is not resumable. Actor snapshots
+reproducible. Checkpoints are atomic and hold the algorithm with its optimisers, the RNG states, the step, the
+curve and the replay buffer, so an interrupted run resumes (`resume=True`) with fresh env episodes. Actor snapshots
 (`policy().state_dict()`, float32 on CPU) can be written at chosen env steps for the behaviour-policy zoo.
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,14 +29,16 @@ import torch
 from offline_rl.algos.base import Algorithm
 from offline_rl.data.dataset import Batch
 from offline_rl.envs import make_vector_env
-from offline_rl.training.checkpoint import save_checkpoint
+from offline_rl.training.checkpoint import load_checkpoint, save_checkpoint
 from offline_rl.training.graphs import GraphedCall, UpdateStep
 from offline_rl.training.progress import ProgressReporter
-from offline_rl.training.seeding import seed_everything
-from offline_rl.training.trainer import RESULT, RunResult, _config_dict, _TensorBoard, sync_point
+from offline_rl.training.seeding import seed_everything, set_rng_state
+from offline_rl.training.trainer import CHECKPOINT, RESULT, RunResult, _config_dict, _TensorBoard, sync_point
 from offline_rl.utils.io import atomic_write_json
 
 SNAPSHOTS = "snapshots"
+RESUME_SEED_STRIDE = 1_000_003
+"""A run resumed at env step t resets sub-env i with seed + RESUME_SEED_STRIDE·t + i."""
 
 
 def snapshot_path(out_dir: str | Path, step: int) -> Path:
@@ -87,6 +90,21 @@ class ReplayBuffer:
         self.size = min(self.size + n, self.capacity)
         self.size_t.fill_(self.size)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The filled rows, oldest first, on the CPU (for a resumable checkpoint)."""
+        rows = self.storage[: self.size]
+        if self.size == self.capacity and self.ptr:
+            rows = torch.cat([rows[self.ptr:], rows[: self.ptr]])
+        return {"rows": rows.cpu()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Refill from `state_dict` rows (the newest `capacity` of them if this buffer is smaller)."""
+        rows = state["rows"][-self.capacity:]
+        self.size = len(rows)
+        self.ptr = self.size % self.capacity
+        self.storage[: self.size] = rows.to(self.device)
+        self.size_t.fill_(self.size)
+
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
         """Uniform over the filled rows: floor(U·size) with U ~ U[0, 1), size read on the device."""
         u = torch.rand(batch_size, device=self.device, generator=generator)
@@ -131,7 +149,7 @@ def train_online(algo: Algorithm, env_id: str, steps: int, seed: int = 0, num_en
                  buffer_size: int | None = None, snapshot_steps: Iterable[int] = (), ckpt_every: int | None = None,
                  log_every: int = 1000, progress: bool | None = None, ref_min_score: float | None = None,
                  ref_max_score: float | None = None, cuda_graphs: bool = True,
-                 time_limit_s: float | None = None) -> RunResult:
+                 time_limit_s: float | None = None, resume: bool = False) -> RunResult:
     """Train `algo` online on `env_id` for `steps` env steps (summed over the sub-envs) and return the run record.
 
     `start_steps`, `updates_per_step`, `batch_size` and `buffer_size` default to the algorithm's config values.
@@ -140,7 +158,10 @@ def train_online(algo: Algorithm, env_id: str, steps: int, seed: int = 0, num_en
     policy, seeds seed + 100 + i) runs every `eval_every` env steps and at the end. On CUDA the update and the
     exploration forward replay from CUDA graphs (`cuda_graphs`, offline_rl.training.graphs). `time_limit_s` stops
     training at the first loop iteration past that many seconds (status `time_limit`), with a final snapshot,
-    evaluation and checkpoint at the step reached.
+    evaluation and checkpoint at the step reached (the limit counts the whole run, resumed parts included).
+    `resume=True` continues from `out_dir/checkpoint.pt`: the algorithm, optimisers, RNG states, curve and the
+    replay buffer come back; the envs start fresh episodes (seeded from the step), so a resumed run is a valid
+    continuation but not bit-identical to an uninterrupted one.
     """
     cfg = algo.config
     start_steps = getattr(cfg, "start_steps", 0) if start_steps is None else start_steps
@@ -161,14 +182,25 @@ def train_online(algo: Algorithm, env_id: str, steps: int, seed: int = 0, num_en
     result = RunResult(algo=algo.name, dataset=env_id, dataset_source=f"online:{env_id}", dataset_label="online",
                        behavior_score=None, seed=seed, steps=steps, eval_every=eval_every,
                        eval_episodes=eval_episodes, config=_config_dict(cfg), device=str(device))
-    logger = _TensorBoard(out, purge_step=None)
-    reporter = ProgressReporter(steps, 0, enabled=progress, label=f"online {env_id}")
     metrics: dict[str, torch.Tensor] = {}
     episode_returns: list[float] = []
     running_return = np.zeros(num_envs)
-    t0 = time.perf_counter()
-    train_time, n_updates, step = 0.0, 0, 0
+    train_time, n_updates, step, elapsed = 0.0, 0, 0, 0.0
+    if resume and out is not None and (out / CHECKPOINT).exists():
+        state = load_checkpoint(out / CHECKPOINT, device)
+        algo.load_state_dict(state["algo"])
+        set_rng_state(state["rng"])
+        generator.set_state(state["sampler_rng"])
+        buffer.load_state_dict(state["online"]["buffer"])
+        step, n_updates, episode_returns = state["step"], state["online"]["n_updates"], state["online"]["returns"]
+        elapsed, train_time, result.curve = state["elapsed"], state["train_time"], state["curve"]
+    logger = _TensorBoard(out, purge_step=step + 1 if step else None)
+    reporter = ProgressReporter(steps, step, enabled=progress, label=f"online {env_id}")
+    t0 = time.perf_counter() - elapsed
     result.status = "completed"
+
+    def online_state() -> dict[str, Any]:
+        return {"online": {"buffer": buffer.state_dict(), "n_updates": n_updates, "returns": episode_returns[-100:]}}
 
     def snapshot(at: int) -> None:
         if out is not None and at in snapshot_at:
@@ -176,8 +208,10 @@ def train_online(algo: Algorithm, env_id: str, steps: int, seed: int = 0, num_en
             save_checkpoint(snapshot_path(out, at), state)
 
     try:
-        obs, _ = envs.reset(seed=[seed + i for i in range(num_envs)])
-        snapshot(0)
+        first = seed if step == 0 else seed + RESUME_SEED_STRIDE * step  # a resumed run starts fresh episodes
+        obs, _ = envs.reset(seed=[first + i for i in range(num_envs)])
+        if step == 0:
+            snapshot(0)
         t_train = time.perf_counter()
         while step < steps:
             if step < start_steps:
@@ -212,7 +246,7 @@ def train_online(algo: Algorithm, env_id: str, steps: int, seed: int = 0, num_en
             extra = {"episode_return": float(np.mean(episode_returns[-10:]))} if episode_returns else {}
             if not sync_point(result, algo, metrics, step, n_updates, train_time, env_id, is_eval, is_ckpt,
                               eval_episodes, seed, ref_min_score, ref_max_score, logger, reporter, out,
-                              generator, t0, extra):
+                              generator, t0, extra, online_state):
                 break
             t_train = time.perf_counter()
     except KeyboardInterrupt:

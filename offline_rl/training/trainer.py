@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,10 +136,12 @@ def sync_point(result: RunResult, algo: Algorithm, metrics: dict[str, torch.Tens
                train_time: float, env_id: str | None, is_eval: bool, is_ckpt: bool, eval_episodes: int, seed: int,
                ref_min_score: float | None, ref_max_score: float | None, logger: _TensorBoard,
                reporter: ProgressReporter, out: Path | None, generator: torch.Generator, t0: float,
-               extra: dict[str, float] | None = None) -> bool:
+               extra: dict[str, float] | None = None,
+               extra_state: Callable[[], dict[str, Any]] | None = None) -> bool:
     """What both training loops do at a sync point: read the metrics (the only host sync), stop on a non-finite
     value (status `diverged`, the last good checkpoint kept), log, evaluate, report and checkpoint.
 
+    `extra_state()` adds the loop's own state to a checkpoint (the online loop's replay buffer).
     Returns False when the run diverged.
     """
     values = {k: float(v) for k, v in metrics.items()} | (extra or {})
@@ -157,7 +160,8 @@ def sync_point(result: RunResult, algo: Algorithm, metrics: dict[str, torch.Tens
     if is_ckpt and out is not None:
         save_checkpoint(out / CHECKPOINT, {
             "algo": algo.state_dict(), "rng": get_rng_state(), "sampler_rng": generator.get_state(), "step": step,
-            "elapsed": time.perf_counter() - t0, "train_time": train_time, "curve": result.curve})
+            "elapsed": time.perf_counter() - t0, "train_time": train_time, "curve": result.curve,
+            **(extra_state() if extra_state is not None else {})})
     return True
 
 

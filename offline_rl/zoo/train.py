@@ -63,6 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--time-limit", type=float, default=None,
                    help="stop training after this many seconds; the last snapshot is then the expert")
     p.add_argument("--train-only", action="store_true", help="train and snapshot; measure later (--measure-only)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted training run from its checkpoint")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="SAC hyperparameter key=value")
     p.add_argument("--measure-only", action="store_true", help="reuse the run dir's snapshots; do not train")
     p.add_argument("--no-ship", action="store_true", help="measure and select, but write nothing into the package")
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     snap_steps = sorted({*range(0, args.steps + 1, args.snapshot_every), args.steps})
     given = sys.argv[1:] if argv is None else argv  # the training command: the flags that shape training only
-    local_flags = ("--measure-only", "--no-ship", "--train-only")
+    local_flags = ("--measure-only", "--no-ship", "--train-only", "--resume")
     command = "python -m offline_rl.zoo.train " + shlex.join(a for a in given if a not in local_flags)
     if args.measure_only:  # also for a run that was killed: its snapshots so far are what the command produces
         train_info = _read(run_dir / "zoo_train.json") or _read(run_dir / "zoo_run.json")
@@ -118,7 +119,7 @@ def _train(args: argparse.Namespace, run_dir: Path, snap_steps: list[int], comma
     t0 = time.time()
     result = train_online(algo, args.env, args.steps, seed=args.seed, num_envs=args.envs, eval_every=args.eval_every,
                           eval_episodes=10, out_dir=run_dir, snapshot_steps=snap_steps, progress=None,
-                          log_every=5000, time_limit_s=args.time_limit)
+                          log_every=5000, time_limit_s=args.time_limit, resume=args.resume)
     info = {"command": command, "config": dataclasses.asdict(algo.config), "train_wall_time_s": round(time.time() - t0, 1),
             "updates_per_s": round(result.updates_per_s, 1), "status": result.status, "device": result.device,
             "trained_steps": result.step,
