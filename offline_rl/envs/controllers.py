@@ -8,8 +8,8 @@ name a behaviour as a small table, and `make_policy` turns it into a callable:
     { policy = "zoo", level = "medium" }        # a shipped SAC actor (offline_rl.zoo) of the card's env, with
     { policy = "zoo", checkpoint = 3 }          # sampled actions; `checkpoint` indexes the ordered snapshots
 
-A card may also name a schedule, `{ policy = "zoo", checkpoints = "up-to-medium" }`: the zoo's ordered
-checkpoints from the first up to and including the level's, one after the other (`expand_behaviour`).
+A card may also name a schedule, `{ policy = "zoo", checkpoints = "up-to-medium" }`: what the zoo's SAC run
+collected before it reached that level, one part after the other (`expand_behaviour`).
 """
 
 from __future__ import annotations
