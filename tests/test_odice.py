@@ -128,6 +128,26 @@ def test_reward_shaping_follows_the_reference():
     assert algos.load_preset("odice", "antmaze-large-play-v2", "antmaze")["use_twin_v"] is False
 
 
+
+def stationary_residual(lam: float) -> float:
+    """The residual δ at which the per-sample value loss (1 − λ)·V(s) + λ·f*(r + γV(s′) − V(s)) stops moving V(s):
+    (1 − λ) = λ·f*′(δ), found on a grid with autograd's f*′."""
+    delta = torch.linspace(-1.9, 5.0, 69001, dtype=torch.float64, requires_grad=True)
+    (slope,) = torch.autograd.grad(f_star(delta).sum(), delta)
+    return float(delta.detach()[((1 - lam) - lam * slope).abs().argmin()])
+
+
+@pytest.mark.parametrize("family", ["pendulum", "idp"])
+def test_dense_reward_presets_leave_positive_policy_weights(family):
+    """Pearson χ² gives δ* = 2(1 − λ)/λ − 2. With a near-constant reward (Pendulum; IDP's alive bonus) every residual
+    sits near δ*, so λ > 0.5 (δ* < 0) zeroes every policy weight max(δ, 0) and the policy is never trained: idp-medium
+    with the CLI default λ = 0.6 had weight mean 5e-5 and scored 0.6; λ = 0.4 scored 100."""
+    assert stationary_residual(0.6) == pytest.approx(-2 / 3, abs=1e-3)  # the `default` preset: no positive weights
+    lam = algos.load_preset("odice", f"{family}-medium", family)["Lambda"]
+    assert stationary_residual(lam) == pytest.approx(2 * (1 - lam) / lam - 2, abs=1e-3)
+    assert stationary_residual(lam) > 0.5
+
+
 def test_odice_matches_reference_equations():
     """Three updates equal `orthogonal_true_g_update`: two separate LayerNorm V twins, two backward passes with the
     forward gradient subtracted, projection over the concatenated gradient, EMA target, weighted BC with a
