@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import time
 
 import numpy as np
@@ -179,8 +180,8 @@ def main() -> None:
         a = ours(name, data, args.steps)
         g = ours(name, data, args.steps, cuda_graphs=True) if graphs else float("nan")
         b = ref(data, args.steps) if ref is not None else float("nan")
-        best = max(a, g) if g == g else a
-        ratio = f"{best / b:>5.2f}x" if b == b else "    -"
+        best = a if math.isnan(g) else max(a, g)
+        ratio = "    -" if math.isnan(b) else f"{best / b:>5.2f}x"
         print(f"{name:<8} {a:>11.0f} {g:>12.0f} {b:>17.0f} {ratio}", flush=True)
 
 

@@ -42,8 +42,8 @@ for env in ("Hopper-v5", "Walker2d-v5", "HalfCheetah-v5"):
     if not snaps:
         continue
     last = max(int(p.stem[5:]) for p in snaps)
-    keep = [p for p in snaps]
-    if sum(p.stat().st_size for p in keep) > 15e6:
+    keep = snaps
+    if sum(p.stat().st_size for p in snaps) > 15e6:
         keep = [p for p in snaps if (s := int(p.stem[5:])) <= 200_000 or s % 50_000 == 0 or s == last]
     files = [str(p.relative_to("/tmp/zoo")) for p in keep]
     files += [f"{env}/{n}" for n in ("zoo_train.json", "zoo_run.json", "result.json") if (run / n).exists()]

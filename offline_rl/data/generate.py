@@ -7,8 +7,8 @@ limit) and slightly more than `steps` transitions.
 
 Parts: a card's behaviour may be several policies rolled out one after the other, each for an equal share of
 `steps` and with seed + k·MIX_SEED_STRIDE (k = the part's index): a `mix` of other cards (e.g. medium-expert:
-half medium, then half expert) or a zoo checkpoint schedule (medium-replay: every ordered zoo checkpoint up to
-the medium one, see `offline_rl.envs.controllers.expand_behaviour`). Episodes are stored part after part.
+half medium, then half expert) or a zoo checkpoint schedule (medium-replay: SAC's uniform warm-up, then the
+ordered zoo checkpoints before the medium one, see `offline_rl.envs.controllers.expand_behaviour`). Episodes are stored part after part.
 
 Determinism: sub-env i is reset with seed + i, later episodes continue each sub-env's own RNG, and the behaviour
 policy's noise (numpy) or sampled actions (zoo actors: torch) come from its own generator seeded from `seed`;
@@ -254,7 +254,7 @@ def generate_dataset(name_or_env_id: str, policy: Policy | None = None, steps: i
     descriptions = [describe_behaviour(b) if isinstance(b, dict) else "custom policy" for b, _, _ in plan.parts]
     metadata = {**plan.metadata, "label": plan.label, "env_id": plan.env_id,
                 "steps": sum(s for _, s, _ in plan.parts), "seed": plan.parts[0][2], "num_envs": num_envs,
-                "recipe": _recipe(plan, num_envs), "behaviour_description": " | ".join(descriptions),
+                "recipe": _recipe(plan, num_envs, checkpoints), "behaviour_description": " | ".join(descriptions),
                 "parts": parts, "generator": __name__}
     path = _write(plan, episodes, Path(out) if out is not None else cache_root(), overwrite, metadata)
     log.info("generated %s: %d transitions in %d episodes, %.1f s", plan.dataset_id,
@@ -273,13 +273,14 @@ def _zoo_row(behaviour: Policy | dict[str, Any], env_id: str) -> dict[str, Any] 
     return zoo_checkpoint(behaviour, env_id) if is_zoo else None
 
 
-def _recipe(plan: _Plan, num_envs: int) -> list[Any] | None:
+def _recipe(plan: _Plan, num_envs: int, checkpoints: list[dict[str, Any] | None] | None = None) -> list[Any] | None:
     """What determines the data (env, behaviours, sizes, seeds, and the zoo weights' sha256 when the behaviour
-    is a zoo policy, so that retrained zoo weights make a cached dataset stale); None for a custom policy."""
+    is a zoo policy, so that retrained zoo weights make a cached dataset stale); None for a custom policy.
+    `checkpoints`: `_zoo_checkpoints(plan)` when the caller has it already (it hashes the weight files)."""
     if not all(isinstance(b, dict) for b, _, _ in plan.parts):
         return None
     recipe = [plan.env_id, plan.env_kwargs, num_envs, [[b, s, seed] for b, s, seed in plan.parts]]
-    weights = [ckpt["sha256"] for ckpt in _zoo_checkpoints(plan) if ckpt]
+    weights = [ckpt["sha256"] for ckpt in (checkpoints if checkpoints is not None else _zoo_checkpoints(plan)) if ckpt]
     return recipe + [weights] if weights else recipe
 
 

@@ -29,11 +29,19 @@ import torch
 from offline_rl.algos.base import Algorithm
 from offline_rl.data.dataset import Batch
 from offline_rl.envs import make_vector_env
-from offline_rl.training.checkpoint import load_checkpoint, save_checkpoint
+from offline_rl.training.checkpoint import save_checkpoint
 from offline_rl.training.graphs import GraphedCall, UpdateStep
 from offline_rl.training.progress import ProgressReporter
-from offline_rl.training.seeding import seed_everything, set_rng_state
-from offline_rl.training.trainer import CHECKPOINT, RESULT, RunResult, _config_dict, _TensorBoard, sync_point
+from offline_rl.training.seeding import seed_everything
+from offline_rl.training.trainer import (
+    CHECKPOINT,
+    RESULT,
+    RunResult,
+    _config_dict,
+    _TensorBoard,
+    restore_checkpoint,
+    sync_point,
+)
 from offline_rl.utils.io import atomic_write_json
 
 SNAPSHOTS = "snapshots"
@@ -187,13 +195,10 @@ def train_online(algo: Algorithm, env_id: str, steps: int, seed: int = 0, num_en
     running_return = np.zeros(num_envs)
     train_time, n_updates, step, elapsed = 0.0, 0, 0, 0.0
     if resume and out is not None and (out / CHECKPOINT).exists():
-        state = load_checkpoint(out / CHECKPOINT, device)
-        algo.load_state_dict(state["algo"])
-        set_rng_state(state["rng"])
-        generator.set_state(state["sampler_rng"])
+        state = restore_checkpoint(out / CHECKPOINT, algo, generator, result)
         buffer.load_state_dict(state["online"]["buffer"])
         step, n_updates, episode_returns = state["step"], state["online"]["n_updates"], state["online"]["returns"]
-        elapsed, train_time, result.curve = state["elapsed"], state["train_time"], state["curve"]
+        elapsed, train_time = state["elapsed"], state["train_time"]
     logger = _TensorBoard(out, purge_step=step + 1 if step else None)
     reporter = ProgressReporter(steps, step, enabled=progress, label=f"online {env_id}")
     t0 = time.perf_counter() - elapsed

@@ -91,12 +91,8 @@ def train(algo: Algorithm, dataset: Dataset, steps: int, seed: int = 0, eval_eve
     generator = torch.Generator(device=dataset.device).manual_seed(seed)
     start, elapsed, train_time = 0, 0.0, 0.0
     if resume and out is not None and (out / CHECKPOINT).exists():
-        state = load_checkpoint(out / CHECKPOINT, algo.device)
-        algo.load_state_dict(state["algo"])
-        set_rng_state(state["rng"])
-        generator.set_state(state["sampler_rng"])
+        state = restore_checkpoint(out / CHECKPOINT, algo, generator, result)
         start, elapsed, train_time = state["step"], state["elapsed"], state["train_time"]
-        result.curve = state["curve"]
 
     update = UpdateStep(algo, lambda gen: dataset.sample(batch_size, gen), generator, cuda_graphs)
     logger = _TensorBoard(out, purge_step=start + 1 if start else None)
@@ -130,6 +126,17 @@ def train(algo: Algorithm, dataset: Dataset, steps: int, seed: int = 0, eval_eve
         if out is not None:
             atomic_write_json(out / RESULT, result.to_dict())
     return result
+
+
+def restore_checkpoint(path: Path, algo: Algorithm, generator: torch.Generator, result: RunResult) -> dict[str, Any]:
+    """Load a checkpoint written by `sync_point` back into `algo`, the RNGs, the sampler and `result.curve`;
+    returns the whole state (step, elapsed, train_time and any loop-specific entries)."""
+    state = load_checkpoint(path, algo.device)
+    algo.load_state_dict(state["algo"])
+    set_rng_state(state["rng"])
+    generator.set_state(state["sampler_rng"])
+    result.curve = state["curve"]
+    return state
 
 
 def sync_point(result: RunResult, algo: Algorithm, metrics: dict[str, torch.Tensor], step: int, n_updates: int,

@@ -25,7 +25,6 @@ import json
 import math
 import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -116,11 +115,10 @@ def _train(args: argparse.Namespace, run_dir: Path, snap_steps: list[int], comma
     values.update(algos.parse_overrides(args.overrides))
     algo = algos.make("sac", spec, values, seed=args.seed, device=args.device)
     atomic_write_json(run_dir / "zoo_run.json", {"command": command, "config": dataclasses.asdict(algo.config)})
-    t0 = time.time()
     result = train_online(algo, args.env, args.steps, seed=args.seed, num_envs=args.envs, eval_every=args.eval_every,
                           eval_episodes=10, out_dir=run_dir, snapshot_steps=snap_steps, progress=None,
                           log_every=5000, time_limit_s=args.time_limit, resume=args.resume)
-    info = {"command": command, "config": dataclasses.asdict(algo.config), "train_wall_time_s": round(time.time() - t0, 1),
+    info = {"command": command, "config": dataclasses.asdict(algo.config), "train_wall_time_s": round(result.wall_time_s, 1),
             "updates_per_s": round(result.updates_per_s, 1), "status": result.status, "device": result.device,
             "trained_steps": result.step,
             "training_curve": [[int(s), round(r, 1)] for s, _, r in result.curve]}
