@@ -93,9 +93,9 @@ alpha = 2.5
 def test_shipped_quick_suite_loads_by_name():
     suite = load_suite("quick")
     assert suite.name == "quick" and suite.path.name == "quick.toml"
-    assert suite.algos == ("bc", "td3_bc", "iql") and suite.seeds == (0, 1, 2)
+    assert set(suite.algos) == {"bc", "td3_bc", "iql", "prdc", "a2pr", "odice"} and suite.seeds == (0, 1, 2)
     assert {"pendulum-medium", "idp-medium"} <= set(suite.datasets)
-    assert len(suite.runs()) == 3 * len(suite.datasets) * 3
+    assert len(suite.runs()) == 6 * len(suite.datasets) * 3
     assert set(load_suite("quick-full").datasets) > set(suite.datasets)
 
 
