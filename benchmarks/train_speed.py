@@ -4,10 +4,10 @@ The reference is our own re-implementation of the way CORL's single-file scripts
 `td3_bc.py` / `iql.py`): a numpy replay buffer indexed on the host and copied to the device every step, two separate
 critic modules, the default (non-fused) Adam and a `.item()` per loss per step for logging. The update maths is the
 same in both, so the ratio measures the engineering only. On CUDA the `ours+graphs` column replays each update from
-CUDA graphs (offline_rl.training.graphs; IQL's cosine LR schedule keeps it eager, shown as nan); SAC has no
-reference loop here (it is the zoo's trainer).
+CUDA graphs (offline_rl.training.graphs; IQL's cosine LR schedule keeps it eager, shown as nan); SAC (the zoo's
+trainer) and the research methods (`--algos prdc,a2pr,odice`, with their default networks) have no reference loop.
 
-    python benchmarks/train_speed.py [--steps 300] [--n 1000000] [--device cpu] [--threads 1]
+    python benchmarks/train_speed.py [--steps 300] [--n 1000000] [--device cpu] [--threads 1] [--algos td3_bc,iql,sac]
 """
 
 from __future__ import annotations
@@ -168,6 +168,9 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1_000_000, help="dataset size (transitions)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--algos", default="td3_bc,iql,sac",
+                   help="comma-separated; td3_bc and iql also run the CORL-style reference, others (sac, prdc, a2pr, "
+                        "odice) only ours")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -176,7 +179,9 @@ def main() -> None:
     print(f"device={args.device} threads={args.threads} N={args.n:,} batch=256 steps={args.steps}")
     graphs = data.device.type == "cuda"
     print(f"{'algorithm':<8} {'ours upd/s':>11} {'ours+graphs':>12} {'CORL-style upd/s':>17} {'ratio':>6}")
-    for name, ref in (("td3_bc", corl_style_td3_bc), ("iql", corl_style_iql), ("sac", None)):
+    references = {"td3_bc": corl_style_td3_bc, "iql": corl_style_iql}
+    for name in args.algos.split(","):
+        ref = references.get(name)
         a = ours(name, data, args.steps)
         g = ours(name, data, args.steps, cuda_graphs=True) if graphs else float("nan")
         b = ref(data, args.steps) if ref is not None else float("nan")

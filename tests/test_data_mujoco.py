@@ -178,9 +178,10 @@ def test_zoo_weights_are_part_of_the_cache_recipe():
     """A cached zoo dataset is generated again once the zoo's weights change (e.g. after a retrain)."""
     plan = generate_module._plan("hopper-medium-expert", None, None, None, None)
     digests = [zoo_checkpoint(get_card(f"hopper-{lvl}").behaviour, ENV)["sha256"] for lvl in ("medium", "expert")]
-    assert generate_module._recipe(plan, NUM_ENVS)[-1] == digests
+    assert generate_module._recipe(plan, NUM_ENVS, generate_module._zoo_checkpoints(plan))[-1] == digests
     random_plan = generate_module._plan("hopper-random", None, None, None, None)
-    assert len(generate_module._recipe(random_plan, NUM_ENVS)) == 4  # same recipe shape as the quick families
+    random_recipe = generate_module._recipe(random_plan, NUM_ENVS, generate_module._zoo_checkpoints(random_plan))
+    assert len(random_recipe) == 4  # same recipe shape as the quick families
 
 
 def test_zoo_behaviour_errors(monkeypatch):

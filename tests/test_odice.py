@@ -128,7 +128,6 @@ def test_reward_shaping_follows_the_reference():
     assert algos.load_preset("odice", "antmaze-large-play-v2", "antmaze")["use_twin_v"] is False
 
 
-
 def stationary_residual(lam: float) -> float:
     """The residual δ at which the per-sample value loss (1 − λ)·V(s) + λ·f*(r + γV(s′) − V(s)) stops moving V(s):
     (1 − λ) = λ·f*′(δ), found on a grid with autograd's f*′."""

@@ -273,14 +273,14 @@ def _zoo_row(behaviour: Policy | dict[str, Any], env_id: str) -> dict[str, Any] 
     return zoo_checkpoint(behaviour, env_id) if is_zoo else None
 
 
-def _recipe(plan: _Plan, num_envs: int, checkpoints: list[dict[str, Any] | None] | None = None) -> list[Any] | None:
+def _recipe(plan: _Plan, num_envs: int, checkpoints: list[dict[str, Any] | None]) -> list[Any] | None:
     """What determines the data (env, behaviours, sizes, seeds, and the zoo weights' sha256 when the behaviour
     is a zoo policy, so that retrained zoo weights make a cached dataset stale); None for a custom policy.
-    `checkpoints`: `_zoo_checkpoints(plan)` when the caller has it already (it hashes the weight files)."""
+    `checkpoints` is `_zoo_checkpoints(plan)`, which callers compute once (it hashes the weight files)."""
     if not all(isinstance(b, dict) for b, _, _ in plan.parts):
         return None
     recipe = [plan.env_id, plan.env_kwargs, num_envs, [[b, s, seed] for b, s, seed in plan.parts]]
-    weights = [ckpt["sha256"] for ckpt in (checkpoints if checkpoints is not None else _zoo_checkpoints(plan)) if ckpt]
+    weights = [ckpt["sha256"] for ckpt in checkpoints if ckpt]
     return recipe + [weights] if weights else recipe
 
 
@@ -294,7 +294,8 @@ def ensure_card_dataset(card: Card) -> Path:
     meta_file = path / "data" / "metadata.json"
     if meta_file.is_file():
         cached = json.loads(meta_file.read_text()).get(METADATA_KEY, {}).get("recipe")
-        wanted = json.loads(json.dumps(_recipe(_plan(card.name, None, None, None, None), NUM_ENVS)))
+        plan = _plan(card.name, None, None, None, None)
+        wanted = json.loads(json.dumps(_recipe(plan, NUM_ENVS, _zoo_checkpoints(plan))))
         if cached == wanted:
             return path
         log.warning("%s: the cached dataset does not match the card any more; generating it again", card.name)
