@@ -86,6 +86,7 @@ def test_backends_return_the_plain_argmin(case, k):
     searches = {"kdtree": KDTreeSearch(points), "brute": BruteForceSearch(points, chunk_size=4096)}
     if case != "gaussian":  # keys at dataset states; (11-d Gaussian states make the cache build slow and useless)
         searches["kdtree+cache"] = cached = KDTreeSearch(points, state_dim=S, cache=16)
+        searches["kdtree+cache64"] = cached64 = KDTreeSearch(points, state_dim=S, cache=64)  # tiers 16, then 64
     for name, search in searches.items():
         d, i = search.query(keys, k)
         assert i.dtype == torch.int64 and i.shape == (B,) and d.shape == (B,)
@@ -94,6 +95,8 @@ def test_backends_return_the_plain_argmin(case, k):
     assert bool(searches["brute"].last_certified.all())
     if case in ("manifold", "near_ties"):  # in distribution: the cache answers most keys itself
         assert cached.last_fallback < B // 4, cached.last_fallback
+    if case != "gaussian":  # the longer prefix certifies keys that the short one cannot
+        assert cached64.last_fallback < cached.last_fallback or cached.last_fallback == 0
 
 
 def test_state_cache_is_exact_with_duplicate_states_large_k_and_unknown_states():

@@ -8,7 +8,8 @@ rank by the exact fp64 distance between the same float32 points and keys, so the
   dataset states (PRDC's). Each query copies the keys to the host.
 * `BruteForceSearch`: chunked ‖x − y‖² = ‖x‖² − 2x·y + ‖y‖² on the points' device, keeping the best `candidates`
   per key, then an exact fp64 re-rank of those candidates, because fp32 cancellation can swap near-ties. No host
-  sync. Among exactly equal distances it picks the lowest index; cKDTree's choice there is unspecified.
+  sync. Among exactly equal distances it picks the lowest index; the cKDTree's (and its cache's) choice there is
+  unspecified. Exactly tied points are in practice duplicates of one (s, a), whose action, PRDC's target, is the same.
 """
 
 from __future__ import annotations
@@ -40,28 +41,35 @@ class NeighborSearch:
 class KDTreeSearch(NeighborSearch):
     """scipy's cKDTree (PRDC's `KDTree`, same C++ core), queried with `workers` threads (-1: all, as the reference).
 
+    The tree holds an fp64 copy of the points in its own leaf order (`order[p]` is the point at position p), so a
+    query reads neighbouring memory: about 40% faster than over the original order on 1M hopper points. The tree is
+    built with sliding-midpoint splits (`balanced_tree=False`), which query about 30% faster on trajectory data.
+
     With `state_dim` and `cache` > 0, an exact fast path for keys whose first `state_dim` coordinates equal some
     point's (PRDC's keys (β·s, π(s)) at dataset states s): for every point j, its `cache` nearest points in that
-    subspace are precomputed, with r_j the distance to the farthest of them. Every other point is at least r_j away
-    in the subspace alone, so when the k-th nearest cached candidate is closer than r_j it is the exact answer.
-    Keys that fail this test, or match no point's state, go to the tree. The precomputation is one cache-nearest
-    query per point (tens of seconds at N = 1e6); each query then costs a hash lookup and B·cache distances.
+    subspace are precomputed, nearest first. If r_j(c) is the distance to the c-th of them, every point outside the
+    first c is at least r_j(c) away in the subspace alone, so when the k-th nearest of those c candidates is closer
+    than r_j(c) it is the exact answer. The check runs on growing prefixes c ∈ `tiers` (cache/4, then cache): most
+    keys pass on the short one. Keys that pass none, or match no point's state, go to the tree. The precomputation is
+    one cache-nearest query per point (about 35 s for N = 1e6 and cache = 64 on 2 cores); a query then costs a hash
+    lookup and a few thousand 14-d distances.
     """
 
     def __init__(self, points: torch.Tensor, leafsize: int = 16, workers: int = -1, state_dim: int | None = None,
                  cache: int = 0) -> None:
         self.points = points
         self.workers = workers
-        self.tree = cKDTree(points.detach().cpu().numpy(), leafsize=leafsize)  # fp64 copy of the fp32 points
+        host = points.detach().cpu().numpy()
+        self.order = torch.from_numpy(cKDTree(host, leafsize=leafsize, balanced_tree=False).indices.astype(np.int64))
+        self.tree = cKDTree(host[self.order.numpy()], leafsize=leafsize, balanced_tree=False)  # fp64 copy, leaf order
         self.data = torch.from_numpy(self.tree.data)  # that fp64 copy, shared
         self.neighbours: torch.Tensor | None = None
         self.last_fallback = 0  # keys of the last query that the cached fast path passed on to the tree
         if state_dim and cache:
-            self.states = points.detach()[:, :state_dim].cpu().contiguous()
-            radius, neighbours = cKDTree(self.states.numpy(), leafsize=leafsize).query(
-                self.states.numpy(), k=min(cache, len(points)), workers=-1)
-            self.neighbours = torch.from_numpy(neighbours.astype(np.int64 if len(points) >= 2**31 else np.int32))
-            self.radius = torch.from_numpy(radius[:, -1] * (1 - 1e-9))  # margin against fp64 rounding
+            self.states = torch.from_numpy(host[self.order.numpy(), :state_dim])  # fp32, leaf order
+            cache = min(cache, len(points))
+            self.tiers = tuple(sorted({max(1, cache // 4), cache}))
+            self.neighbours, self.radii = _subspace_neighbours(self.states.numpy(), cache, self.tiers, leafsize)
             self.hash_weights = torch.randint(1, 2**62, (state_dim,), generator=torch.Generator().manual_seed(0)) | 1
             self.sorted_hash, self.hash_order = self._hash(self.states).sort()
 
@@ -72,31 +80,58 @@ class KDTreeSearch(NeighborSearch):
     def query(self, keys: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_k(k)
         keys = keys.detach().to("cpu", self.points.dtype)  # host sync
-        if self.neighbours is None or k > self.neighbours.shape[1]:
+        if self.neighbours is None or k > self.tiers[0]:
             dist, idx = self._tree_query(keys, k, self.workers)
             return dist.float().to(self.points.device), idx.to(self.points.device)
         states = keys[:, :self.states.shape[1]].contiguous()
         h = self._hash(states)
         pos = torch.searchsorted(self.sorted_hash, h).clamp(max=len(self.sorted_hash) - 1)
-        j = self.hash_order[pos]
+        j = self.hash_order[pos]  # the position of the key's state, if it is a dataset state
         matched = (self.sorted_hash[pos] == h) & (self.states[j] == states).all(1)
-        cand = self.neighbours[j].long().sort(1).values  # ascending index, so the stable sort breaks ties low
-        d2, order = (keys.double().unsqueeze(1) - self.data[cand]).pow(2).sum(-1).sort(dim=1, stable=True)
-        dist, idx = d2[:, k - 1].sqrt(), cand.gather(1, order[:, k - 1:k]).squeeze(1)
-        missed = (~(matched & (dist < self.radius[j]))).nonzero().squeeze(1)
-        self.last_fallback = len(missed)
-        if len(missed):  # the few keys without a certificate go to the tree, pruned by their candidates' distance
-            bound = float(dist[missed].max()) * (1 + 1e-9) + 1e-12  # k cached points lie within it: ≥ every answer
-            workers = 1 if len(missed) < 64 else self.workers  # threads pay off only for larger queries
-            dist[missed], idx[missed] = self._tree_query(keys[missed], k, workers, bound)
+        keys64 = keys.double()
+        # The first prefix runs on every key: for a key at no dataset state it still gives an upper bound for the tree.
+        dist, idx = self._kth_of(keys64, self.neighbours[j, :self.tiers[0]], k)
+        pending = (~(matched & (dist < self.radii[j, 0]))).nonzero().squeeze(1)
+        for tier, size in enumerate(self.tiers[1:], 1):
+            longer = pending[matched[pending]]
+            if not len(longer):
+                break
+            d, i = self._kth_of(keys64[longer], self.neighbours[j[longer], :size], k)
+            dist[longer], idx[longer] = d, i  # still an upper bound where the certificate fails
+            pending = torch.cat([pending[~matched[pending]], longer[d >= self.radii[j[longer], tier]]])
+        self.last_fallback = len(pending)
+        if len(pending):  # the few keys without a certificate go to the tree, pruned by their candidates' distance
+            bound = float(dist[pending].max()) * (1 + 1e-9) + 1e-12  # k known points lie within it: ≥ every answer
+            workers = 1 if len(pending) < 64 else self.workers  # threads pay off only for larger queries
+            dist[pending], idx[pending] = self._tree_query(keys[pending], k, workers, bound)
         return dist.float().to(self.points.device), idx.to(self.points.device)
+
+    def _kth_of(self, keys: torch.Tensor, positions: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k-th nearest of each key's candidates (given by leaf-order position): fp64 distance and point index."""
+        positions = positions.long()
+        candidates = self.data.index_select(0, positions.view(-1)).view(*positions.shape, -1)
+        d2, kth = (keys.unsqueeze(1) - candidates).pow(2).sum(-1).kthvalue(k, dim=1)
+        return d2.sqrt(), self.order[positions.gather(1, kth.unsqueeze(1)).squeeze(1)]
 
     def _tree_query(self, keys: torch.Tensor, k: int, workers: int,
                     bound: float = np.inf) -> tuple[torch.Tensor, torch.Tensor]:
-        dist, idx = self.tree.query(keys.numpy(), k=[k], workers=workers, distance_upper_bound=bound)
+        dist, pos = self.tree.query(keys.numpy(), k=[k], workers=workers, distance_upper_bound=bound)
         if np.isinf(dist).any():  # nothing within the bound (cannot happen with a valid bound): search unbounded
-            dist, idx = self.tree.query(keys.numpy(), k=[k], workers=workers)
-        return torch.from_numpy(dist[:, 0]), torch.from_numpy(idx[:, 0].astype(np.int64))
+            dist, pos = self.tree.query(keys.numpy(), k=[k], workers=workers)
+        return torch.from_numpy(dist[:, 0]), self.order[torch.from_numpy(pos[:, 0].astype(np.int64))]
+
+
+def _subspace_neighbours(states: np.ndarray, cache: int, tiers: tuple[int, ...],
+                         leafsize: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each state's `cache` nearest states, nearest first [N, cache], and the distance to its t-th, for t in
+    `tiers`, shrunk by a 1e-9 margin against fp64 rounding [N, len(tiers)]."""
+    tree = cKDTree(states, leafsize=leafsize, balanced_tree=False)
+    neighbours = np.empty((len(states), cache), np.int64 if len(states) >= 2**31 else np.int32)
+    radii = np.empty((len(states), len(tiers)))
+    for rows in np.array_split(tree.indices, -(-len(states) // 65536)):  # leaf order: neighbouring queries share cache
+        dist, neighbours[rows] = tree.query(states[rows], k=list(range(1, cache + 1)), workers=-1)
+        radii[rows] = dist[:, [t - 1 for t in tiers]] * (1 - 1e-9)
+    return torch.from_numpy(neighbours), torch.from_numpy(radii)
 
 
 class BruteForceSearch(NeighborSearch):

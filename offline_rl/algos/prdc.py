@@ -30,7 +30,7 @@ class PRDCConfig(TD3BCConfig):
     beta: float = 2.0
     k: int = 1  # the k-th neighbour only (the reference queries `k=[k]`), not an average of k
     nn_backend: str = "auto"  # "kdtree" (scipy, host), "brute" (chunked, on device) or "auto" (kdtree on CPU)
-    nn_cache: int = 16  # kdtree: cached state neighbours per point for the exact fast path (0: plain cKDTree)
+    nn_cache: int = 64  # kdtree: cached state neighbours per point, exact fast path (0: plain cKDTree; 1M pts: 256 MB)
     nn_chunk_size: int = 65536
     nn_candidates: int = 32  # fp32 candidates per key that the brute force re-ranks in fp64
 
