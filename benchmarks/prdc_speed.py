@@ -1,7 +1,7 @@
 """PRDC update speed against TD3+BC, in the same run, on a synthetic hopper-shaped dataset (1M transitions).
 
     python benchmarks/prdc_speed.py [--n 1000000] [--steps 400] [--rounds 5] [--brute-steps 0]
-                                    [--variants kdtree,kdtree-plain,brute] [--device cpu] [--threads 1]
+                                    [--variants kdtree,kdtree-overlap,kdtree-plain,brute] [--device cpu] [--threads 1]
 
 States lie on a low-dimensional manifold (smooth trajectories of a 4-d latent process mapped into 11 dims, like
 locomotion data); actions = tanh(linear(s)) + N(0, 0.1²), clipped, in 3 dims; the reward −‖a − tanh(linear(s))‖²
@@ -78,8 +78,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=400, help="updates per algorithm per round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--variants", default="kdtree,kdtree-plain,brute",
-                   help="PRDC variants: kdtree (with the state-neighbour cache, the default), kdtree-plain (the "
-                        "reference's bare cKDTree query), brute")
+                   help="PRDC variants: kdtree (with the state-neighbour cache, searching inline), kdtree-overlap "
+                        "(the search on a second thread during the critic step, the training default), kdtree-plain "
+                        "(the reference's bare cKDTree query), brute")
     p.add_argument("--brute-steps", type=int, default=0, help="updates per round for the brute force (0: --steps)")
     p.add_argument("--warmup", type=int, default=1000, help="TD3+BC updates before timing (shared start)")
     p.add_argument("--device", default="cpu")
@@ -97,7 +98,7 @@ def main() -> None:
     contenders: dict[str, algos.Algorithm] = {"td3_bc": algos.make("td3_bc", data.spec, {}, device=dev, seed=0)}
     for variant in args.variants.split(","):
         backend, _, plain = variant.partition("-")
-        over = {"nn_backend": backend, **({"nn_cache": 0} if plain == "plain" else {})}
+        over = {"nn_backend": backend, "nn_overlap": plain == "overlap", **({"nn_cache": 0} if plain == "plain" else {})}
         contenders[f"prdc[{variant}]"] = algos.make("prdc", data.spec, over, device=dev, seed=0)
     for name, algo in contenders.items():
         t0 = time.perf_counter()

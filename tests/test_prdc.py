@@ -201,13 +201,15 @@ def test_reward_transform_touches_only_the_reward():
                                                             "reward_scale": 10000.0, "reward_shift": -1.0}
 
 
-@pytest.mark.parametrize("backend,cache", [("kdtree", 16), ("kdtree", 0), ("brute", 0)])
-def test_prdc_matches_reference_equations(backend, cache):
+@pytest.mark.parametrize("backend,cache,overlap", [("kdtree", 16, True), ("kdtree", 16, False), ("kdtree", 0, True),
+                                                   ("brute", 0, True)])
+def test_prdc_matches_reference_equations(backend, cache, overlap):
     """Four updates equal TD3+BC's equations with the BC target replaced by the fp64 brute-force nearest
     dataset action to (β·s, π(s)), on separate nn.Linear critics."""
     data = random_dataset(1000)
     torch.manual_seed(0)
-    algo = algos.make("prdc", data.spec, {"alpha": 2.5, "beta": 2.0, "nn_backend": backend, "nn_cache": cache})
+    algo = algos.make("prdc", data.spec, {"alpha": 2.5, "beta": 2.0, "nn_backend": backend, "nn_cache": cache,
+                                          "nn_overlap": overlap})
     algo.prepare(data)
     actor, q1, q2 = copy.deepcopy(algo.actor), split_twin(algo.critic, 0), split_twin(algo.critic, 1)
     actor_t, q1_t, q2_t = copy.deepcopy(actor), copy.deepcopy(q1), copy.deepcopy(q2)
@@ -300,6 +302,23 @@ def test_state_dict_round_trip(backend):
     batch = algo.normalize(data.sample(8, torch.Generator().manual_seed(0)))
     assert torch.equal(clone.bc_target(batch, clone.actor(batch.observations))[0],
                        algo.bc_target(batch, algo.actor(batch.observations))[0])
+
+
+def test_overlapped_search_gives_the_same_updates():
+    """The search on a second thread during the critic step (`nn_overlap`) changes nothing: equal parameters."""
+    data = random_dataset(2000)
+    runs = {}
+    for overlap in (True, False):
+        algo = algos.make("prdc", data.spec, {"nn_overlap": overlap, "actor_hidden": [32, 32],
+                                              "critic_hidden": [32, 32]}, seed=0)
+        algo.prepare(data)
+        g = torch.Generator().manual_seed(0)
+        for step in range(1, 41):
+            algo.update(data.sample(64, g), step)
+        runs[overlap] = algo.state_dict()["modules"]
+    assert runs[True].keys() == runs[False].keys()
+    for name, value in runs[True].items():
+        assert torch.equal(value, runs[False][name]), name
 
 
 def test_update_without_prepare_is_a_clear_error():

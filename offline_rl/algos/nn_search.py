@@ -15,7 +15,8 @@ rank by the exact fp64 distance between the same float32 points and keys, so the
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -28,10 +29,16 @@ class NeighborSearch:
     """Exact k-th nearest neighbour of each key among `points` [N, D] (float32)."""
 
     points: torch.Tensor
+    overlaps = False  # whether `submit` runs the query concurrently with the caller
 
     def query(self, keys: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """(distance [B] float32, index [B] int64) of each key's k-th nearest point, on the points' device."""
         raise NotImplementedError
+
+    def submit(self, keys: torch.Tensor, k: int = 1) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+        """Start `query(keys, k)`; the returned function waits for its result. Here it runs at once."""
+        result = self.query(keys, k)
+        return lambda: result
 
     def _check_k(self, k: int) -> None:
         if not 1 <= k <= len(self.points):
@@ -51,14 +58,17 @@ class KDTreeSearch(NeighborSearch):
     first c is at least r_j(c) away in the subspace alone, so when the k-th nearest of those c candidates is closer
     than r_j(c) it is the exact answer. The check runs on growing prefixes c ∈ `tiers` (cache/4, then cache): most
     keys pass on the short one. Keys that pass none, or match no point's state, go to the tree. The precomputation is
-    one cache-nearest query per point (about 35 s for N = 1e6 and cache = 64 on 2 cores); a query then costs a hash
-    lookup and a few thousand 14-d distances.
+    one cache-nearest query per point (27–54 s for N = 1e6 and cache = 64 on 2 cores); a query then costs a hash
+    lookup and a few thousand 14-d distances. `submit` runs a query on a second thread.
     """
+
+    overlaps = True
 
     def __init__(self, points: torch.Tensor, leafsize: int = 16, workers: int = -1, state_dim: int | None = None,
                  cache: int = 0) -> None:
         self.points = points
         self.workers = workers
+        self.executor: ThreadPoolExecutor | None = None  # for `submit`, started on first use
         host = points.detach().cpu().numpy()
         self.order = torch.from_numpy(cKDTree(host, leafsize=leafsize, balanced_tree=False).indices.astype(np.int64))
         self.tree = cKDTree(host[self.order.numpy()], leafsize=leafsize, balanced_tree=False)  # fp64 copy, leaf order
@@ -76,6 +86,13 @@ class KDTreeSearch(NeighborSearch):
     def _hash(self, states: torch.Tensor) -> torch.Tensor:
         """A 64-bit hash of the float32 bit patterns (exact-match lookup; collisions are checked, not trusted)."""
         return (states.view(torch.int32).long() * self.hash_weights).sum(1)
+
+    def submit(self, keys: torch.Tensor, k: int = 1) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+        """The query on a second host thread: the tree and torch's kernels release the GIL, so it runs while the
+        caller computes something else (PRDC: the critic step)."""
+        if self.executor is None:
+            self.executor = ThreadPoolExecutor(1, thread_name_prefix="nn-search")
+        return self.executor.submit(self.query, keys.detach().cpu(), k).result
 
     def query(self, keys: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_k(k)

@@ -6,12 +6,14 @@ TD3+BC whose behaviour-cloning target is the action of the dataset point nearest
     actor:   L_π = −λ·mean Q₁(s, π(s)) + MSE(π(s), â),   λ = α / mean|Q₁| (detached)
 
 The search set is built once, in `prepare`, from the normalised dataset states times β and the raw actions. The
-search runs only on actor steps, where the target is needed (as in `LAMDA-RL/PRDC` `prdc.py`). AntMaze rewards are
+search runs only on actor steps, where the target is needed (as in `LAMDA-RL/PRDC` `prdc.py`); on the CPU backend
+it starts before the critic step, on a second thread (`nn_overlap`), with the same result. AntMaze rewards are
 r′ = scale·r + shift at sampling time (the reward, per the reference's fix 5c8aaf8).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +35,7 @@ class PRDCConfig(TD3BCConfig):
     nn_cache: int = 64  # kdtree: cached state neighbours per point, exact fast path (0: plain cKDTree; 1M pts: 256 MB)
     nn_chunk_size: int = 65536
     nn_candidates: int = 32  # fp32 candidates per key that the brute force re-ranks in fp64
+    nn_overlap: bool = True  # kdtree: search on a second thread during the critic step (same result)
 
 
 @register("prdc")
@@ -40,6 +43,7 @@ class PRDC(TD3BCBase):
     Config = PRDCConfig
 
     search: NeighborSearch | None = None
+    pending_search: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def __init__(self, spec: Spec, config: PRDCConfig, device: str | torch.device = "cpu") -> None:
         if config.nn_backend not in BACKENDS:
@@ -55,11 +59,28 @@ class PRDC(TD3BCBase):
         self.search = build_search(points, c.nn_backend, c.nn_chunk_size, c.nn_candidates,
                                    state_dim=self.spec.obs_dim, cache=c.nn_cache)
 
+    def update(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        """TD3+BC's update. On an actor step with `nn_overlap`, the search for its target starts first, on a second
+        thread, and runs while the critic trains: the actor, hence π(s), does not change before the actor step."""
+        c = self.config
+        if c.nn_overlap and self.search is not None and self.search.overlaps and step % c.policy_freq == 0:
+            with torch.no_grad():
+                states = self.normalizer(batch.observations)
+                self.pending_search = self.search.submit(self.search_key(states, self.actor(states)), c.k)
+        return super().update(batch, step)
+
+    def search_key(self, states: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
+        """(β·s, π(s)), without gradient: the search is not differentiated."""
+        return torch.cat([self.config.beta * states, pi.detach()], dim=1)
+
     def bc_target(self, batch: Batch, pi: torch.Tensor) -> tuple[torch.Tensor, float]:
         """The action part of the k-th nearest dataset point to (β·s, π(s)); weight 1."""
         if self.search is None:
             raise RuntimeError("PRDC needs prepare(dataset) to build its neighbour index before training")
-        key = torch.cat([self.config.beta * batch.observations, pi.detach()], dim=1)  # no gradient through the search
-        distance, index = self.search.query(key, self.config.k)
+        pending, self.pending_search = self.pending_search, None
+        if pending is not None:
+            distance, index = pending()
+        else:
+            distance, index = self.search.query(self.search_key(batch.observations, pi), self.config.k)
         self.bc_metrics = {"nn_distance": distance.mean()}
         return self.search.points[index, -pi.shape[1]:], 1.0
