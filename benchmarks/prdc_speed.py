@@ -97,8 +97,8 @@ def main() -> None:
     print(f"warm start (BC + {args.warmup} TD3+BC updates): {time.perf_counter() - t0:.1f} s")
     contenders: dict[str, algos.Algorithm] = {"td3_bc": algos.make("td3_bc", data.spec, {}, device=dev, seed=0)}
     for variant in args.variants.split(","):
-        backend, _, plain = variant.partition("-")
-        over = {"nn_backend": backend, "nn_overlap": plain == "overlap", **({"nn_cache": 0} if plain == "plain" else {})}
+        backend, _, suffix = variant.partition("-")
+        over = {"nn_backend": backend, "nn_overlap": suffix == "overlap", **({"nn_cache": 0} if suffix == "plain" else {})}
         contenders[f"prdc[{variant}]"] = algos.make("prdc", data.spec, over, device=dev, seed=0)
     for name, algo in contenders.items():
         t0 = time.perf_counter()

@@ -154,6 +154,9 @@ class TD3BCBase(Algorithm):
         """Hook for networks besides actor and critic (A2PR's V and VAE). Runs every step after the critic."""
         return {}
 
+    def before_critic(self, batch: Batch) -> None:
+        """Hook on actor steps, before the critic step, on the normalised batch (PRDC starts its search here)."""
+
     def critic_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         c = self.config
         next_action = td3_next_action(self.actor_target, batch, c.policy_noise * self.max_action,
@@ -180,9 +183,12 @@ class TD3BCBase(Algorithm):
     def update(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         """One TD3 iteration; `step` counts from 1, so the first actor update is at step `policy_freq`."""
         batch = self.normalize(batch)
+        actor_turn = step % self.config.policy_freq == 0
+        if actor_turn:
+            self.before_critic(batch)
         metrics = self.critic_step(batch)
         metrics.update(self.extra_updates(batch, step))
-        if step % self.config.policy_freq == 0:
+        if actor_turn:
             metrics.update(self.actor_step(batch))
         return metrics
 

@@ -48,9 +48,9 @@ class NeighborSearch:
 class KDTreeSearch(NeighborSearch):
     """scipy's cKDTree (PRDC's `KDTree`, same C++ core), queried with `workers` threads (-1: all, as the reference).
 
-    The tree holds an fp64 copy of the points in its own leaf order (`order[p]` is the point at position p), so a
-    query reads neighbouring memory: about 40% faster than over the original order on 1M hopper points. The tree is
-    built with sliding-midpoint splits (`balanced_tree=False`), which query about 30% faster on trajectory data.
+    The tree holds an fp64 copy of the points in its own leaf order (`order[p]` is the point at position p; a first
+    tree over the original order gives it), so a query reads neighbouring memory, and it uses sliding-midpoint splits
+    (`balanced_tree=False`): both made fallback queries on hopper-medium faster in profiling.
 
     With `state_dim` and `cache` > 0, an exact fast path for keys whose first `state_dim` coordinates equal some
     point's (PRDC's keys (β·s, π(s)) at dataset states s): for every point j, its `cache` nearest points in that

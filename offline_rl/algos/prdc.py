@@ -59,15 +59,13 @@ class PRDC(TD3BCBase):
         self.search = build_search(points, c.nn_backend, c.nn_chunk_size, c.nn_candidates,
                                    state_dim=self.spec.obs_dim, cache=c.nn_cache)
 
-    def update(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
-        """TD3+BC's update. On an actor step with `nn_overlap`, the search for its target starts first, on a second
-        thread, and runs while the critic trains: the actor, hence π(s), does not change before the actor step."""
-        c = self.config
-        if c.nn_overlap and self.search is not None and self.search.overlaps and step % c.policy_freq == 0:
+    def before_critic(self, batch: Batch) -> None:
+        """With `nn_overlap`, the actor step's search starts here, on a second thread, and runs while the critic
+        trains: the actor, hence π(s), does not change before the actor step."""
+        if self.config.nn_overlap and self.search is not None and self.search.overlaps:
             with torch.no_grad():
-                states = self.normalizer(batch.observations)
-                self.pending_search = self.search.submit(self.search_key(states, self.actor(states)), c.k)
-        return super().update(batch, step)
+                pi = self.actor(batch.observations)
+            self.pending_search = self.search.submit(self.search_key(batch.observations, pi), self.config.k)
 
     def search_key(self, states: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
         """(β·s, π(s)), without gradient: the search is not differentiated."""
