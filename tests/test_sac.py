@@ -16,9 +16,9 @@ from torch import nn
 from torch.distributions import Normal, TanhTransform, TransformedDistribution
 
 from offline_rl import algos
-from offline_rl.algos.sac import TanhGaussianActor
 from offline_rl.data.dataset import Spec
 from offline_rl.envs import make_vector_env
+from offline_rl.nets import TanhGaussianActor
 from offline_rl.training import ReplayBuffer, train_online
 from offline_rl.training.online import snapshot_path, step_envs
 

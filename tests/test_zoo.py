@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from offline_rl import zoo
-from offline_rl.algos.sac import TanhGaussianActor
 from offline_rl.envs.rollout import run_episodes
 from offline_rl.errors import UserError
+from offline_rl.nets import TanhGaussianActor
 from offline_rl.training.online import snapshot_path
 from offline_rl.zoo import train as zoo_train
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from offline_rl.data.dataset import Batch, Dataset, Spec
 from offline_rl.errors import ConfigError
+from offline_rl.names import resolve
 from offline_rl.paths import resource_dir
 
 ENTRY_POINT_GROUP = "offline_rl.algos"
@@ -133,11 +134,9 @@ def available() -> list[str]:
 
 
 def get(name: str) -> type[Algorithm]:
-    key = name.replace("-", "_").lower()
+    """The algorithm class registered as `name` (case, `-`, `_` and `+` ignored: `TD3+BC` is `td3_bc`)."""
     _load_plugins()
-    if key not in _REGISTRY:
-        raise ConfigError(f"unknown algorithm '{name}'; available: {', '.join(available())}")
-    return _REGISTRY[key]
+    return _REGISTRY[resolve(name, _REGISTRY, "algorithm", ConfigError)]
 
 
 def load_preset(name: str, dataset: str = "", family: str = "") -> dict[str, Any]:

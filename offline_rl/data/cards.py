@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from offline_rl.errors import DatasetError
+from offline_rl.names import find
 from offline_rl.paths import resource_dir
 from offline_rl.utils.io import atomic_write_text
 
@@ -108,8 +109,10 @@ def list_cards() -> list[dict[str, Any]]:
 
 
 def get_card(name: str) -> Card | None:
-    """The card called `name`, or None."""
-    return load_cards().get(name)
+    """The card called `name` (case, `-`, `_` and `+` ignored), or None."""
+    cards = load_cards()
+    found = find(name, cards)
+    return None if found is None else cards[found]
 
 
 def cards_for_env(env_id: str) -> list[Card]:

@@ -10,6 +10,7 @@ import torch
 from offline_rl.data.cards import get_card, load_cards
 from offline_rl.data.dataset import Dataset
 from offline_rl.errors import DatasetError
+from offline_rl.names import did_you_mean
 
 
 def load_dataset(source: str | os.PathLike, device: str | torch.device = "cpu", keep_timeouts: bool = False,
@@ -47,6 +48,7 @@ def load_dataset(source: str | os.PathLike, device: str | torch.device = "cpu", 
         return d4rl.read_d4rl(path, use_next_observations=use_next_observations, **options)
     if path.is_dir():
         return minari_io.load_minari_dir(path, **options)
-    names = ", ".join(sorted(load_cards())) or "none"
-    raise DatasetError(f"unknown dataset '{src}': not a card name (available: {names}), an existing .hdf5 file or "
-                       "Minari folder, 'd4rl:<name>' or 'minari:<dataset_id>'")
+    cards = sorted(load_cards())
+    raise DatasetError(f"unknown dataset '{src}'{did_you_mean(src, cards)}: not a card name (available: "
+                       f"{', '.join(cards) or 'none'}), an existing .hdf5 file or Minari folder, 'd4rl:<name>' or "
+                       "'minari:<dataset_id>'")

@@ -5,9 +5,10 @@ from offline_rl.nets.mlp import (
     EnsembleLinear,
     EnsembleMLP,
     GaussianActor,
+    TanhGaussianActor,
     TwinQ,
     ValueNet,
     mlp,
 )
 
-__all__ = ["DeterministicActor", "EnsembleLinear", "EnsembleMLP", "GaussianActor", "TwinQ", "ValueNet", "mlp"]
+__all__ = ["DeterministicActor", "EnsembleLinear", "EnsembleMLP", "GaussianActor", "TanhGaussianActor", "TwinQ", "ValueNet", "mlp"]

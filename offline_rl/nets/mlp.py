@@ -153,6 +153,48 @@ class GaussianActor(nn.Module):
         return (self.max_action * self.net(obs)).clamp(-self.max_action, self.max_action)
 
 
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+_LOG_2 = math.log(2.0)
+
+
+class TanhGaussianActor(nn.Module):
+    """π(a|s) = scale·tanh(u) + bias, u ~ N(μ(s), σ(s)²), with a state-dependent log σ clamped to [−20, 2].
+
+    One MLP outputs [μ, log σ]. `forward` is the deterministic action scale·tanh(μ) + bias (evaluation, export);
+    `sample` draws a reparameterised action and returns log π of its normalised value tanh(u), with the tanh
+    change-of-variables term: log π = Σ_j [log N(u_j; μ_j, σ_j) − log(1 − tanh(u_j)²)].
+    """
+
+    LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # the original SAC code's LOG_SIG_CAP_MIN/MAX
+
+    def __init__(self, obs_dim: int, act_dim: int, action_low: Sequence[float], action_high: Sequence[float],
+                 hidden: Sequence[int] = (256, 256)) -> None:
+        super().__init__()
+        self.act_dim = act_dim
+        self.net = mlp(obs_dim, 2 * act_dim, hidden)
+        low = torch.as_tensor(action_low, dtype=torch.float32)
+        high = torch.as_tensor(action_high, dtype=torch.float32)
+        self.register_buffer("action_scale", (high - low) / 2.0)
+        self.register_buffer("action_bias", (high + low) / 2.0)
+
+    def mean_log_std(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        return mean, log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        mean, _ = self.mean_log_std(obs)
+        return self.action_scale * torch.tanh(mean) + self.action_bias
+
+    def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(env action, log π of the normalised action) for a reparameterised draw; log π has shape [B]."""
+        mean, log_std = self.mean_log_std(obs)
+        eps = torch.randn(mean.shape, dtype=mean.dtype, device=mean.device, generator=generator)
+        u = mean + log_std.exp() * eps
+        # log N(u; μ, σ) = −ε²/2 − log σ − log(2π)/2;  log(1 − tanh²u) = 2(log 2 − u − softplus(−2u)) (stable form)
+        log_prob = (-0.5 * eps.pow(2) - log_std - _HALF_LOG_2PI - 2.0 * (_LOG_2 - u - F.softplus(-2.0 * u))).sum(-1)
+        return self.action_scale * torch.tanh(u) + self.action_bias, log_prob
+
+
 class ConditionalVAE(nn.Module):
     """BCQ's VAE of actions given states: encoder (s, a) → (μ, log σ) with log σ clamped to [−4, 15]; decoder
     (s, z) → max_action·tanh(·). A2PR uses it with 750-750 layers and latent dim 2·act_dim."""

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from offline_rl.errors import UserError
+from offline_rl.names import find, resolve
 
 T = TypeVar("T")
 
@@ -35,15 +36,14 @@ class Registry(Generic[T]):
         return lambda obj: self.add(name, obj)
 
     def get(self, name: str) -> T:
-        if name not in self._items:
-            raise UserError(f"unknown {self.kind} {name!r}; available: {', '.join(sorted(self._items))}")
-        return self._items[name]
+        """The entry `name` means (case, `-`, `_` and `+` ignored), or a UserError with the closest names."""
+        return self._items[resolve(name, self._items, self.kind, UserError)]
 
     def names(self) -> list[str]:
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return isinstance(name, str) and find(name, self._items) is not None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from offline_rl.algos.sac import TanhGaussianActor
 from offline_rl.errors import UserError
+from offline_rl.nets import TanhGaussianActor
 
 ZOO_DIR = Path(__file__).resolve().parent
 WEIGHTS_DIR = ZOO_DIR / "weights"
