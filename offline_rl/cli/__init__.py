@@ -222,6 +222,35 @@ def leaderboard(
         typer.echo(f"written {out}", err=True)
 
 
+@app.command()
+def reproduce(
+    name: Annotated[str | None, typer.Argument(help="Entry name (see --list).")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="The few-minute version on 2 CPU cores.")] = False,
+    list_: Annotated[bool, typer.Option("--list", help="Name every entry.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout.")] = False,
+) -> None:
+    """Run a method's minimal faithful benchmark live and compare it with its reference."""
+    from offline_rl import reproduce as rep
+
+    if list_ or name is None:
+        if name is None and not list_:
+            raise UserError("give an entry name, or --list to see them")
+        rows = [{"name": e.name, "description": e.description} for e in rep.entries()]
+        if as_json:
+            _print_json(rows)
+        else:
+            typer.echo("\n".join(f"{r['name']:<18} {r['description']}" for r in rows) or "no entries")
+        return
+    report = rep.run_entry(name, quick=quick)
+    if as_json:
+        _print_json(report)
+        return
+    typer.echo(f"{'case':<34} {'metric':<26} {'ours':>12} {'reference':>12} {'gap':>10}  pass")
+    for r in report["rows"]:
+        typer.echo(f"{r['case']:<34} {r['metric']:<26} {r['ours']:>12.5g} {r['reference']:>12.5g} {r['gap']:>10.3g}  "
+                   f"{'yes' if r['passed'] else 'NO'}")
+
+
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1f}"
 
