@@ -55,3 +55,17 @@ if __name__ == "__main__":  # used by the kill/resume test: train in a subproces
     algo = algos.make("td3_bc", data.spec, {"actor_hidden": [64, 64], "critic_hidden": [64, 64]})
     train(algo, data, steps, seed=3, eval_every=100, eval_episodes=2, out_dir=out, ckpt_every=50, log_every=50,
           resume=True, progress=False)
+
+
+def reference_return_range(rewards, terminals, max_episode_steps: int) -> tuple[float, float]:
+    """CORL `return_reward_range` / ODICE-Pytorch `util.return_range`, re-implemented row by row from their
+    documented behaviour: accumulate rewards, close a chunk at a terminal or after `max_episode_steps` rows, drop
+    the unfinished last chunk."""
+    returns, ret, length = [], 0.0, 0
+    for r, d in zip(list(map(float, rewards)), list(map(bool, terminals)), strict=True):
+        ret += r
+        length += 1
+        if d or length == max_episode_steps:
+            returns.append(ret)
+            ret, length = 0.0, 0
+    return min(returns), max(returns)

@@ -69,9 +69,53 @@ def test_config_overrides_are_typed_and_checked():
         algos.parse_overrides(["alpha"])
 
 
-def test_presets_merge_default_family_and_dataset():
-    assert algos.load_preset("iql", family="antmaze") == {"expectile": 0.9, "beta": 10.0}
-    assert algos.load_preset("iql", family="hopper") == {}
+def iql_config(dataset: str, family: str):
+    return algos.build_config(algos.get("iql"), algos.load_preset("iql", dataset, family))
+
+
+@pytest.mark.parametrize("name", ["hopper-medium-v2", "hopper-medium", "hopper-medium@20000"])
+def test_iql_presets_are_corls_per_dataset_configs(name):
+    """CORL configs/offline/iql/hopper/medium_v2.yaml: normalize_reward, iql_deterministic, tau 0.001; the D4RL
+    name, the card and a card at another size all get it."""
+    c = iql_config(name, "hopper")
+    assert (c.normalize_reward, c.deterministic_actor, c.tau, c.expectile, c.beta) == (True, True, 0.001, 0.7, 3.0)
+
+
+def test_iql_presets_elsewhere():
+    defaults = algos.get("iql").Config()
+    assert (defaults.normalize_reward, defaults.deterministic_actor, defaults.reward_shift) == (False, False, 0.0)
+    for name, family in (("halfcheetah-medium-v2", "halfcheetah"), ("walker2d-medium-replay-v2", "walker2d"),
+                         ("hopper-random-v2", "hopper"), ("pendulum-medium", "pendulum")):
+        assert iql_config(name, family) == defaults, name
+    mr = iql_config("hopper-medium-replay-v2", "hopper")
+    assert (mr.normalize_reward, mr.deterministic_actor, mr.tau) == (True, True, 0.001)
+    me = iql_config("hopper-medium-expert-v2", "hopper")
+    assert (me.beta, me.expectile, me.normalize_reward) == (6.0, 0.5, False)
+    ant = iql_config("antmaze-umaze-v2", "antmaze")
+    assert (ant.expectile, ant.beta, ant.reward_shift, ant.normalize_reward) == (0.9, 10.0, -1.0, False)
+    pen = iql_config("pen-human-v1", "pen")
+    assert (pen.actor_dropout, pen.expectile, pen.normalize_reward) == (0.1, 0.8, False)
+    assert algos.load_protocol("iql", "antmaze-umaze-v2", "antmaze") == {"eval_episodes": 100}
+    assert algos.load_protocol("iql", "maze2d-large-v1", "maze2d-large") == {"eval_episodes": 100}
+    assert algos.load_protocol("iql", "hopper-medium-v2", "hopper") == {}
+    assert "eval_episodes" not in algos.load_preset("iql", "antmaze-umaze-v2", "antmaze")
+
+
+def test_td3_bc_and_odice_reward_presets():
+    td3 = algos.build_config(algos.get("td3_bc"), algos.load_preset("td3_bc", "antmaze-medium-play-v2", "antmaze"))
+    assert (td3.reward_scale, td3.reward_shift) == (1.0, -1.0)
+    assert algos.load_protocol("td3_bc", "antmaze-medium-play-v2", "antmaze") == {"eval_episodes": 100}
+    assert algos.load_preset("td3_bc", "hopper-medium-v2", "hopper") == {}
+    odice = algos.get("odice")
+    assert odice.Config().reward_norm == "none"
+    for family in ("hopper", "halfcheetah", "walker2d"):
+        assert algos.load_preset("odice", f"{family}-medium-v2", family)["reward_norm"] == "return_range"
+    for name, family in (("pen-human-v1", "pen"), ("kitchen-mixed-v0", "kitchen"), ("maze2d-umaze-v1", "maze2d-umaze")):
+        assert "reward_norm" not in algos.load_preset("odice", name, family)
+    ant = algos.load_preset("odice", "antmaze-large-play-v2", "antmaze")
+    assert (ant["reward_norm"], ant["layer_norm"], ant["use_twin_v"]) == ("antmaze", False, False)
+    assert algos.load_preset("odice", "antmaze-umaze-v2", "antmaze").get("use_twin_v", True) is True
+    assert algos.load_protocol("odice", "antmaze-umaze-v2", "antmaze") == {"eval_episodes": 50, "eval_every": 20000}
 
 
 def test_td3_bc_matches_reference_equations():
@@ -124,15 +168,22 @@ def test_td3_bc_matches_reference_equations():
             torch.testing.assert_close(p, p_ref, rtol=1e-5, atol=1e-6)
 
 
-def test_iql_matches_reference_equations():
-    """Two IQL updates equal CORL's order (V from target Q, Q through V(s′) taken before the V step, AWR actor)."""
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_iql_matches_reference_equations(deterministic):
+    """Two IQL updates equal CORL's order (V from target Q, Q through V(s′) taken before the V step, AWR actor),
+    with modify_reward's scale T/(max − min) over chunks of T rows (T = 20 here) and CORL's two actor heads."""
+    from helpers import reference_return_range
+
     data = random_dataset()
     torch.manual_seed(0)
-    algo = algos.make("iql", data.spec, {})
+    algo = algos.make("iql", data.spec, {"normalize_reward": True, "max_episode_steps": 20,
+                                         "deterministic_actor": deterministic})
     algo.configure_schedule(10)
     algo.prepare(data)
     c = algo.config
-    scale = 1000.0 / (150.0 - -50.0)
+    low, high = reference_return_range(data.rewards, data.terminals, 20)
+    scale = 20.0 / (high - low)
+    assert float(algo.reward_multiplier) == pytest.approx(scale, rel=1e-6)
     q1, q2 = split_twin(algo.qf, 0), split_twin(algo.qf, 1)
     q1_t, q2_t = copy.deepcopy(q1), copy.deepcopy(q2)
     vf, actor = copy.deepcopy(algo.vf), copy.deepcopy(algo.actor)
@@ -166,8 +217,11 @@ def test_iql_matches_reference_equations():
             for pt, p in zip(t.parameters(), src.parameters()):
                 pt.data.mul_(0.995).add_(0.005 * p.data)
         exp_adv = torch.exp(3.0 * adv.detach()).clamp(max=100.0)
-        dist = torch.distributions.Normal(actor.net(s), actor.log_std.clamp(-20, 2).exp())
-        loss_a = torch.mean(exp_adv * -dist.log_prob(a).sum(-1))
+        if deterministic:  # CORL DeterministicPolicy: tanh MLP, bc loss Σ (π(s) − a)²
+            bc = torch.sum((actor.net(s) - a) ** 2, dim=1)
+        else:
+            bc = -torch.distributions.Normal(actor.net(s), actor.log_std.clamp(-20, 2).exp()).log_prob(a).sum(-1)
+        loss_a = torch.mean(exp_adv * bc)
         opt_a.zero_grad()
         loss_a.backward()
         opt_a.step()

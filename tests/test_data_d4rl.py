@@ -259,3 +259,144 @@ def test_family_lookup():
     assert d4rl.DATASET_URLS["hopper-medium-v2"] == (
         "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/hopper_medium-v2.hdf5")
     assert len(d4rl.DATASET_URLS) == 20
+
+
+def _plain(tmp_path: Path, edit=None, name: str = "custom.hdf5") -> Path:
+    """A D4RL-format file whose name implies no env (so the action check uses D4RL's [-1, 1])."""
+    arrays = raw_arrays(act_dim=2, obs_dim=3)
+    if edit is not None:
+        edit(arrays)
+    return write_hdf5(tmp_path / name, arrays)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda a: [a.__setitem__(k, v[:0]) for k, v in list(a.items())],
+     "custom.hdf5: 0 transitions; a dataset needs at least 1"),
+    (lambda a: a.update(observations=a["observations"][:, :, None], next_observations=a["next_observations"][:, :, None]),
+     r"custom.hdf5: key 'observations' has shape \(12, 3, 1\), expected a 2-D array \(N, dim\)"),
+    (lambda a: a.update(actions=a["actions"][:, 0]), r"key 'actions' has shape \(12,\), expected a 2-D array"),
+    (lambda a: a["actions"].__setitem__((4, 1), 1e9),
+     r"custom.hdf5: key 'actions' has 1e\+09 at row 4 \(dimension 1\), outside the action bounds \[-1, 1\]"),
+    (lambda a: a.update(rewards=np.array([b"1.0"] * N)), "custom.hdf5: key 'rewards' has dtype |S3, expected numbers"),
+    (lambda a: a.update(terminals=np.array(["x"] * N, dtype=object).astype("S1")), "key 'terminals' has dtype"),
+    (lambda a: a.update(rewards=np.float32(1.0)), "custom.hdf5: key 'rewards' is a scalar"),
+])
+def test_bad_files_are_refused_with_one_line(tmp_path, edit, message):
+    path = _plain(tmp_path, edit)
+    with pytest.raises(DatasetError, match=message) as err:
+        load_dataset(path)
+    assert "\n" not in str(err.value)
+
+
+def test_a_file_with_only_timeout_rows_is_empty_after_qlearning(tmp_path):
+    def only_timeouts(a):
+        a["terminals"][:] = False
+        a["timeouts"][:] = True
+
+    with pytest.raises(DatasetError, match=r"after dropping the timeout rows.*0 transitions"):
+        load_dataset(_plain(tmp_path, only_timeouts))
+
+
+def test_action_bounds_of_a_file_without_env(tmp_path):
+    def wide(a):
+        a["actions"][4, 1] = 1.7
+
+    path = _plain(tmp_path, wide)
+    with pytest.raises(DatasetError, match=r"outside the action bounds \[-1, 1\]"):
+        load_dataset(path)
+    data = load_dataset(path, action_bounds=(-2.0, 2.0))
+    assert data.spec.action_low == (-2.0, -2.0) and data.spec.action_high == (2.0, 2.0) and data.env_id is None
+    per_dim = load_dataset(path, action_bounds=([-1.0, -2.0], [1.0, 2.0]))
+    assert per_dim.spec.action_high == (1.0, 2.0)
+    with pytest.raises(DatasetError, match="low < high"):
+        load_dataset(path, action_bounds=(1.0, -1.0))
+
+
+def test_env_option_checks_the_file_and_becomes_the_evaluation_env(tmp_path):
+    arrays = raw_arrays(act_dim=1, obs_dim=3)
+    arrays["actions"][2, 0] = 1.8  # inside Pendulum-v1's [-2, 2], outside D4RL's [-1, 1]
+    path = write_hdf5(tmp_path / "pendulum-custom.hdf5", arrays)
+    data = load_dataset(path, env="Pendulum-v1")
+    assert data.env_id == "Pendulum-v1" and data.spec.action_low == (-2.0,)
+    with pytest.raises(DatasetError, match="observation space of InvertedPendulum-v5 has 4"):
+        load_dataset(path, env="InvertedPendulum-v5")
+    with pytest.raises(DatasetError, match="cannot make env 'NoSuchEnv-v0'"):
+        load_dataset(path, env="NoSuchEnv-v0")
+    with pytest.raises(DatasetError, match="a hopper dataset .* but env Pendulum-v1 was given"):
+        load_dataset(write_hdf5(tmp_path / "hopper-medium-v2.hdf5", hopper_arrays()), env="Pendulum-v1")
+
+
+def test_a_dataset_built_from_arrays_is_validated(tmp_path):
+    import torch
+
+    from offline_rl.data import Dataset
+
+    a = raw_arrays(act_dim=2, obs_dim=3)
+    data = Dataset.from_arrays(a["observations"], a["actions"], a["rewards"], a["next_observations"],
+                               a["terminals"], a["timeouts"], action_bounds=(-1, 1))
+    assert len(data) == N and data.n_episodes == 5  # ends at rows 2, 5, 7, 8 and the open tail
+    np.testing.assert_array_equal(data.episode_returns, [6, 15, 15, 9, 33])
+    np.testing.assert_array_equal(data.episode_ids.numpy(), [0, 0, 0, 1, 1, 1, 2, 2, 3, 4, 4, 4])
+    bad = dict(a, actions=a["actions"] * 0 + 3.0)
+    with pytest.raises(DatasetError, match=r"'actions' has 3 at row 0 \(dimension 0\), outside the action bounds"):
+        Dataset.from_arrays(bad["observations"], bad["actions"], bad["rewards"], bad["next_observations"],
+                            bad["terminals"], action_bounds=(-1, 1))
+    with pytest.raises(DatasetError, match="give env_id or action_bounds"):
+        Dataset.from_arrays(a["observations"], a["actions"], a["rewards"], a["next_observations"], a["terminals"])
+    with pytest.raises(DatasetError, match="'rewards' has dtype"):
+        Dataset.from_arrays(a["observations"], a["actions"], np.array([b"x"] * N), a["next_observations"],
+                            a["terminals"], action_bounds=(-1, 1))
+    # The constructor itself validates: a NaN, a wrong width, an empty dataset.
+    fields = dict(observations=data.observations, actions=data.actions, rewards=data.rewards,
+                  next_observations=data.next_observations, terminals=data.terminals, timeouts=data.timeouts,
+                  episode_ids=data.episode_ids, env_id=None, spec=data.spec)
+    nan_rewards = data.rewards.clone()
+    nan_rewards[5] = float("nan")
+    with pytest.raises(DatasetError, match="'rewards' contains NaN or inf at row 5"):
+        Dataset(**{**fields, "rewards": nan_rewards})
+    with pytest.raises(DatasetError, match=r"'observations' has shape \(12, 2\), expected \(12, 3\)"):
+        Dataset(**{**fields, "observations": data.observations[:, :2]})
+    with pytest.raises(DatasetError, match="no transitions"):
+        Dataset(**{k: (v[:0] if isinstance(v, torch.Tensor) else v) for k, v in fields.items()})
+    with pytest.raises(DatasetError, match="'terminals' and 'timeouts' must be bool"):
+        Dataset(**{**fields, "terminals": data.terminals.float()})
+
+
+def test_reward_scaling_range_is_the_references_chunked_range(toy):
+    """The qlearning rows of the fixture keep rows 0 1 2 3 4 6 8 9 10 (rewards 1 2 3 4 5 7 9 10 11; terminals at
+    rewards 3 and 9). Chunks of 1000 rows cut at terminals: [1 2 3] = 6, [4 5 7 9] = 25, the open [10 11] is dropped:
+    (6, 25). Chunks of 3: [1 2 3] = 6, [4 5 7] = 16, [9] = 9, [10 11] dropped: (6, 16). The raw episodes give
+    (6, 33), which the toolkit used to take."""
+    from offline_rl import make_algo
+
+    data = load_dataset(toy)
+    np.testing.assert_array_equal(data.rewards.numpy(), [1, 2, 3, 4, 5, 7, 9, 10, 11])
+    assert data.chunked_return_range(1000) == (6.0, 25.0)
+    assert data.chunked_return_range(3) == (6.0, 16.0)
+    assert data.chunked_return_range(2) == (3.0, 21.0)  # [1 2] [3] [4 5] [7 9] [10 11]: 3 3 9 16 21
+    assert data.return_range() == (6.0, 33.0)  # the raw episodes, for information
+    iql = make_algo("iql", data.spec, {"normalize_reward": True}, dataset=data)
+    iql.prepare(data)
+    assert float(iql.reward_multiplier) == pytest.approx(1000.0 / 19.0)
+    odice = make_algo("odice", data.spec, {"reward_norm": "return_range", "max_episode_steps": 3,
+                                           "policy_hidden": [8]}, dataset=data)
+    odice.prepare(data)
+    assert float(odice.reward_multiplier) == pytest.approx(3.0 / 10.0)
+    untouched = make_algo("iql", data.spec, {}, dataset=data)  # CORL's default: no reward scaling
+    untouched.prepare(data)
+    assert float(untouched.reward_multiplier) == 1.0
+
+
+def test_reward_scaling_range_matches_a_row_by_row_transcription(tmp_path):
+    from helpers import reference_return_range
+
+    rng = np.random.default_rng(3)
+    for n, m in ((5000, 1000), (3001, 7), (777, 50)):
+        rewards = rng.normal(size=n).astype(np.float32)
+        terminals = rng.random(n) < 0.004
+        a = {"observations": rng.normal(size=(n, 2)).astype(np.float32), "actions": np.zeros((n, 1), np.float32),
+             "rewards": rewards, "terminals": terminals, "timeouts": np.zeros(n, bool)}
+        data = load_dataset(write_hdf5(tmp_path / f"x{n}.hdf5", a))
+        ours = data.chunked_return_range(m)
+        ref = reference_return_range(data.rewards.numpy(), data.terminals.numpy(), m)
+        np.testing.assert_allclose(ours, ref, rtol=1e-9)

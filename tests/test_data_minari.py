@@ -62,41 +62,67 @@ def np_(t) -> np.ndarray:
     return t.cpu().numpy()
 
 
-def test_parity_mode_alignment_in_every_episode(toy):
+def test_every_step_of_every_episode_is_a_transition(toy):
     data = load_dataset(toy)
     obs, nxt = np_(data.observations), np_(data.next_observations)
-    # Truncated-only rows (episode 1 step 3, episode 3 step 1) are dropped; episode 2's row has both flags and is
-    # a terminal, so it stays. Episode 5 has no steps.
-    np.testing.assert_array_equal(obs[:, 0], [0, 1, 2, 100, 101, 102, 200, 300, 400, 401])
+    # T transitions per episode of T steps, truncated episodes included (Minari stores the true next observation);
+    # episode 5 has no steps.
+    np.testing.assert_array_equal(obs[:, 0], [0, 1, 2, 100, 101, 102, 103, 200, 300, 301, 400, 401])
     np.testing.assert_array_equal(nxt[:, 0], obs[:, 0] + 1)  # obs[t + 1] of the same episode, in all 5 episodes
     np.testing.assert_array_equal(nxt[:, 1], obs[:, 1])
-    np.testing.assert_array_equal(np_(data.episode_ids), [0, 0, 0, 1, 1, 1, 2, 3, 4, 4])
-    np.testing.assert_array_equal(np_(data.terminals), [0, 0, 1, 0, 0, 0, 1, 0, 0, 0])
-    assert not np_(data.timeouts).any()
-    np.testing.assert_array_equal(np_(data.rewards), [1, 2, 3, 11, 12, 13, 21, 31, 41, 42])
+    np.testing.assert_array_equal(np_(data.episode_ids), [0, 0, 0, 1, 1, 1, 1, 2, 3, 3, 4, 4])
+    # terminals = terminations, timeouts = truncations (episode 2's single step has both flags)
+    np.testing.assert_array_equal(obs[np_(data.terminals), 0], [2, 200])
+    np.testing.assert_array_equal(obs[np_(data.timeouts), 0], [103, 200, 301])
+    np.testing.assert_array_equal(np_(data.rewards), [1, 2, 3, 11, 12, 13, 14, 21, 31, 32, 41, 42])
     np.testing.assert_array_equal(data.episode_returns, [6, 50, 21, 63, 83, 0])
+    np.testing.assert_array_equal(np.bincount(np_(data.episode_ids), weights=np_(data.rewards), minlength=6),
+                                  data.episode_returns)
     assert data.n_episodes == 6
     assert data.env_id == "Pendulum-v1" and data.label == "Minari" and data.name == "test/toy-v0"
     assert data.family == "test"
     assert (data.ref_min_score, data.ref_max_score) == (-1000.0, -100.0)
     assert data.spec.action_low == (-2.0,) and data.spec.action_high == (2.0,) and data.spec.obs_dim == 3
+    assert len(load_dataset(toy, keep_timeouts=True)) == 12  # a D4RL-only option: Minari keeps every step anyway
 
 
-def test_keep_timeouts_mode(toy):
-    data = load_dataset(toy, keep_timeouts=True)
-    obs, nxt = np_(data.observations), np_(data.next_observations)
-    assert len(data) == 12
-    np.testing.assert_array_equal(nxt[:, 0], obs[:, 0] + 1)  # the true next observation at truncations too
-    np.testing.assert_array_equal(obs[np_(data.timeouts), 0], [103, 301])
-    np.testing.assert_array_equal(obs[np_(data.terminals), 0], [2, 200])
-    np.testing.assert_array_equal(np.bincount(np_(data.episode_ids), weights=np_(data.rewards), minlength=6),
-                                  data.episode_returns)
+def test_twelve_uneven_episodes_half_truncated_lose_nothing(tmp_path, monkeypatch):
+    """Minari's own writer, 12 episodes of uneven length: 6 truncated, 4 terminated, 2 ended by both flags."""
+    rng = np.random.default_rng(0)
+    lengths = [7, 1, 13, 4, 9, 2, 11, 5, 3, 8, 6, 10]
+    ends = ["trunc", "term", "trunc", "both", "trunc", "term", "trunc", "term", "trunc", "both", "trunc", "term"]
+    eps = []
+    for steps, end in zip(lengths, ends, strict=True):
+        flags = np.zeros(steps, dtype=bool)
+        term, trunc = flags.copy(), flags.copy()
+        term[-1], trunc[-1] = end in ("term", "both"), end in ("trunc", "both")
+        eps.append({"observations": rng.normal(size=(steps + 1, 3)).astype(np.float32),
+                    "actions": rng.uniform(-2, 2, size=(steps, 1)).astype(np.float32),
+                    "rewards": rng.normal(size=steps), "terminations": term, "truncations": trunc})
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        minari.create_dataset_from_buffers("test/uneven-v0", [EpisodeBuffer(id=k, **e) for k, e in enumerate(eps)],
+                                           env="Pendulum-v1")
+    data = load_dataset(tmp_path / "test/uneven-v0")
+    assert len(data) == sum(lengths) == 79
+    ids = np_(data.episode_ids)
+    for k, ep in enumerate(eps):
+        rows = np.flatnonzero(ids == k)
+        assert len(rows) == lengths[k]
+        np.testing.assert_array_equal(np_(data.observations)[rows], ep["observations"][:-1])
+        np.testing.assert_array_equal(np_(data.next_observations)[rows], ep["observations"][1:])
+        np.testing.assert_array_equal(np_(data.actions)[rows], ep["actions"])
+        np.testing.assert_allclose(np_(data.rewards)[rows], ep["rewards"], rtol=1e-6)
+        np.testing.assert_array_equal(np_(data.terminals)[rows], ep["terminations"])
+        np.testing.assert_array_equal(np_(data.timeouts)[rows], ep["truncations"])
+    assert int(np_(data.timeouts).sum()) == 8 and int(np_(data.terminals).sum()) == 6
 
 
 def test_minari_id_is_found_in_minaris_folder(toy, monkeypatch):
     monkeypatch.setenv("OFFLINE_RL_OFFLINE", "1")
     data = load_dataset("minari:test/toy-v0")
-    assert len(data) == 10 and data.source == "minari:test/toy-v0"
+    assert len(data) == 12 and data.source == "minari:test/toy-v0"
     with pytest.raises(DatasetError, match="minari:test/absent-v0: not found.*downloads are disabled"):
         load_dataset("minari:test/absent-v0")
 

@@ -255,7 +255,10 @@ def test_hopper_reference_scores_are_current_and_written_into_the_card(tmp_path)
     scale = card.ref_max_score - card.ref_min_score
     assert abs(result["ref_min_score"] - card.ref_min_score) < 0.01 * scale
     assert abs(result["ref_max_score"] - card.ref_max_score) < 0.01 * scale
-    assert result["ref_measured"] == card.ref_measured and "sha256" in card.ref_measured
+    # The provenance names the expert checkpoint (shipped with the repo); the library versions before it differ
+    # between machines (a torch build label, say), so only the measured numbers and the checkpoint are compared.
+    expert = result["ref_measured"].partition("; expert: ")[2]
+    assert expert and expert == card.ref_measured.partition("; expert: ")[2] and "sha256" in expert
     written = load_cards(tmp_path)["hopper-medium"]
     assert (written.ref_min_score, written.ref_max_score) == (result["ref_min_score"], result["ref_max_score"])
     assert written.behaviour == card.behaviour and written.description == card.description

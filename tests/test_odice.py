@@ -119,9 +119,14 @@ def test_ablation_modes_take_the_plain_gradient(mode):
 
 
 def test_reward_shaping_follows_the_reference():
-    algo, data, _ = fresh_odice()
+    from helpers import reference_return_range
+
+    algo, data, _ = fresh_odice(reward_norm="return_range")
+    low, high = reference_return_range(data.rewards, data.terminals, 1000)
     r = torch.tensor([0.0, 1.0, -2.0])
-    torch.testing.assert_close(algo.shape_rewards(r), r * 1000.0 / (150.0 - -50.0))  # T/(max − min return)
+    torch.testing.assert_close(algo.shape_rewards(r), r * 1000.0 / (high - low))  # T/(max − min chunk return)
+    plain, _, _ = fresh_odice()  # the default (every family but the MuJoCo three): rewards as they are
+    torch.testing.assert_close(plain.shape_rewards(r), r)
     antmaze = algos.make("odice", data.spec, {**SMALL, "reward_norm": "antmaze"})
     antmaze.prepare(data)
     torch.testing.assert_close(antmaze.shape_rewards(torch.tensor([0.0, 1.0])), torch.tensor([-3.0, 0.0]))
@@ -151,16 +156,19 @@ def test_odice_matches_reference_equations():
     """Three updates equal `orthogonal_true_g_update`: two separate LayerNorm V twins, two backward passes with the
     forward gradient subtracted, projection over the concatenated gradient, EMA target, weighted BC with a
     MultivariateNormal policy."""
+    from helpers import reference_return_range
+
     data = random_dataset()
-    algo = algos.make("odice", data.spec, {**SMALL, "Lambda": 0.7, "eta": 0.8}, seed=0)
+    algo = algos.make("odice", data.spec, {**SMALL, "Lambda": 0.7, "eta": 0.8, "reward_norm": "return_range"}, seed=0)
     algo.prepare(data)
+    low, high = reference_return_range(data.rewards, data.terminals, 1000)
     vs = [split_v(algo.vf, i) for i in (0, 1)]
     vs_t = [copy.deepcopy(v) for v in vs]
     actor = copy.deepcopy(algo.actor)
     vf_params = [p for v in vs for p in v.parameters()]
     opt_v = torch.optim.Adam(vf_params, lr=2e-4)
     opt_pi = torch.optim.Adam(actor.parameters(), lr=2e-4, weight_decay=1e-4)
-    lam, eta, scale = 0.7, 0.8, 1000.0 / 200.0
+    lam, eta, scale = 0.7, 0.8, 1000.0 / (high - low)
 
     def fstar(x):
         w = torch.max(x / 2 + 1, torch.zeros_like(x))

@@ -8,10 +8,11 @@ from offline_rl.algos.base import (
     build_config,
     get,
     load_preset,
+    load_protocol,
     make,
     parse_overrides,
     register,
 )
 
-__all__ = ["Algorithm", "PolicyWithNormalizer", "available", "build_config", "get", "load_preset", "make",
+__all__ = ["Algorithm", "PolicyWithNormalizer", "available", "build_config", "get", "load_preset", "load_protocol", "make",
            "parse_overrides", "register"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import tomllib
 import types
 import typing
@@ -139,20 +140,45 @@ def get(name: str) -> type[Algorithm]:
     return _REGISTRY[resolve(name, _REGISTRY, "algorithm", ConfigError)]
 
 
-def load_preset(name: str, dataset: str = "", family: str = "") -> dict[str, Any]:
-    """Hyperparameters from `algos/<name>.toml`: `[default]`, then `[<family>]`, then `[<dataset name>]`."""
+PROTOCOL_KEYS = ("eval_episodes", "eval_every")
+"""Preset keys that set the evaluation protocol of the reference (e.g. 100 episodes on AntMaze), not a
+hyperparameter of the algorithm's Config."""
+
+
+def dataset_keys(dataset: str) -> list[str]:
+    """The preset tables a dataset name matches, most general first: `hopper-medium` for `hopper-medium-v2`
+    (D4RL) and for `hopper-medium@20000` (a card at another size), then the name itself."""
+    base = re.sub(r"-v\d+$", "", dataset.partition("@")[0])
+    return [k for k in dict.fromkeys((base, dataset)) if k]
+
+
+def _preset_tables(name: str, dataset: str, family: str) -> list[dict[str, Any]]:
     path = resource_dir("algos") / f"{name}.toml"
     if not path.exists():
-        return {}
+        return []
     try:
         tables = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: {e}") from None
+    keys = ["default", family, *dataset_keys(dataset)]
+    return [tables[key] for key in dict.fromkeys(keys) if key and isinstance(tables.get(key), dict)]
+
+
+def load_preset(name: str, dataset: str = "", family: str = "") -> dict[str, Any]:
+    """Hyperparameters from `algos/<name>.toml`: `[default]`, then `[<family>]`, then the dataset's tables
+    (`dataset_keys`), each overriding the one before. Protocol keys are left out (`load_protocol`)."""
     preset: dict[str, Any] = {}
-    for key in ("default", family, dataset):
-        if key and isinstance(tables.get(key), dict):
-            preset.update(tables[key])
+    for table in _preset_tables(name, dataset, family):
+        preset.update({k: v for k, v in table.items() if k not in PROTOCOL_KEYS})
     return preset
+
+
+def load_protocol(name: str, dataset: str = "", family: str = "") -> dict[str, int]:
+    """The evaluation protocol the preset sets for this dataset (`eval_episodes`, `eval_every`), if any."""
+    protocol: dict[str, int] = {}
+    for table in _preset_tables(name, dataset, family):
+        protocol.update({k: int(v) for k, v in table.items() if k in PROTOCOL_KEYS})
+    return protocol
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from torch import nn
 
 from offline_rl.algos.base import Algorithm, PolicyWithNormalizer
 from offline_rl.data.dataset import Batch, Dataset, Spec
+from offline_rl.errors import DatasetError
 from offline_rl.nets import DeterministicActor, TwinQ
 
 
@@ -31,6 +32,16 @@ class StateNormalizer(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return (obs - self.mean) / self.std
+
+
+def return_range_multiplier(dataset: Dataset, max_episode_steps: int) -> float:
+    """T/(max − min) over `dataset.chunked_return_range(T)`: the reward scale of CORL's `modify_reward` and
+    O-DICE's `get_env_and_dataset` on the locomotion datasets."""
+    low, high = dataset.chunked_return_range(max_episode_steps)
+    if not high > low:
+        raise DatasetError(f"{dataset.source or dataset.name}: every chunk of {max_episode_steps} rows returns {high}, "
+                           "so the return-range reward scaling is undefined; turn it off for this dataset")
+    return max_episode_steps / (high - low)
 
 
 @torch.no_grad()

@@ -4,7 +4,10 @@
     Q:  L_Q = ½ Σ_i MSE(Q_i(s, a), r + γ(1 − d) V(s′))                               (V(s′) from before the V step)
     π:  L_π = −E[ min(exp(β·u), 100) · log π(a | s) ]                                  (AWR; cosine-decayed LR)
 
-States are z-scored (eps 1e-3); rewards are scaled by 1000 / (max − min episode return) (CORL `modify_reward`).
+States are z-scored (eps 1e-3). Rewards as CORL's `modify_reward` (only where the dataset's preset turns it on):
+r ← r·T/(max − min) with the return range of `Dataset.chunked_return_range(T)`, T = `max_episode_steps`
+(`normalize_reward`), then r ← r + `reward_shift` (AntMaze: −1). With `deterministic_actor` (CORL
+`iql_deterministic`), π is a tanh MLP and the AWR term is exp(β·u)·‖π(s) − a‖² instead of −exp(β·u)·log π(a|s).
 """
 
 from __future__ import annotations
@@ -15,27 +18,36 @@ import torch
 from torch import nn
 
 from offline_rl.algos.base import Algorithm, PolicyWithNormalizer, register
-from offline_rl.algos.core import StateNormalizer, awr_weights, expectile_loss, frozen_copy, soft_update
+from offline_rl.algos.core import (
+    StateNormalizer,
+    awr_weights,
+    expectile_loss,
+    frozen_copy,
+    return_range_multiplier,
+    soft_update,
+)
 from offline_rl.data.dataset import Batch, Dataset, Spec
-from offline_rl.nets import GaussianActor, TwinQ, ValueNet
+from offline_rl.nets import DeterministicActor, GaussianActor, TwinQ, ValueNet
 
 
 @dataclass
 class IQLConfig:
-    """CORL `iql.py` locomotion defaults."""
+    """CORL `iql.py` `TrainConfig` defaults; per-dataset values are in `algos/iql.toml`."""
 
     actor_lr: float = 3e-4
     qf_lr: float = 3e-4
     vf_lr: float = 3e-4
     discount: float = 0.99
     tau: float = 0.005
-    expectile: float = 0.7
+    expectile: float = 0.7  # CORL iql_tau
     beta: float = 3.0
-    max_weight: float = 100.0
+    max_weight: float = 100.0  # EXP_ADV_MAX
     batch_size: int = 256
-    normalize_states: bool = True
-    normalize_reward: bool = True
-    reward_scale: float = 1000.0
+    normalize_states: bool = True  # CORL normalize
+    normalize_reward: bool = False  # CORL normalize_reward on a locomotion dataset: the return-range scaling
+    max_episode_steps: int = 1000  # T of modify_reward (scale and chunk length)
+    reward_shift: float = 0.0  # added after scaling; CORL normalize_reward on AntMaze is r − 1
+    deterministic_actor: bool = False  # CORL iql_deterministic
     actor_dropout: float | None = None
     hidden: tuple[int, ...] = (256, 256)
 
@@ -48,7 +60,8 @@ class IQL(Algorithm):
         super().__init__(spec, config, device)
         c = config
         self.normalizer = StateNormalizer(spec.obs_dim)
-        self.actor = GaussianActor(spec.obs_dim, spec.act_dim, spec.max_action, c.hidden, c.actor_dropout)
+        actor = DeterministicActor if c.deterministic_actor else GaussianActor
+        self.actor = actor(spec.obs_dim, spec.act_dim, spec.max_action, c.hidden, c.actor_dropout)
         self.qf = TwinQ(spec.obs_dim, spec.act_dim, c.hidden)
         self.qf_target = frozen_copy(self.qf)
         self.vf = ValueNet(spec.obs_dim, c.hidden)
@@ -64,13 +77,12 @@ class IQL(Algorithm):
         if self.config.normalize_states:
             self.normalizer.fit(dataset)
         if self.config.normalize_reward:
-            low, high = dataset.return_range()
-            self.reward_multiplier.fill_(self.config.reward_scale / max(high - low, 1e-8))
+            self.reward_multiplier.fill_(return_range_multiplier(dataset, self.config.max_episode_steps))
 
     def update(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         c = self.config
         obs, next_obs = self.normalizer(batch.observations), self.normalizer(batch.next_observations)
-        rewards = batch.rewards * self.reward_multiplier
+        rewards = batch.rewards * self.reward_multiplier + c.reward_shift
         with torch.no_grad():
             next_v = self.vf(next_obs)
             target_q = self.qf_target(obs, batch.actions).min(0).values
@@ -87,10 +99,14 @@ class IQL(Algorithm):
         self.optimize("qf", q_loss)
         soft_update(self.qf_target, self.qf, c.tau)
 
-        # Policy step: advantage-weighted log-likelihood of the (normalised) dataset action.
+        # Policy step: advantage-weighted regression on the (normalised) dataset action.
         weights = awr_weights(advantage, c.beta, c.max_weight)
-        log_prob = self.actor.dist(obs).log_prob(batch.actions / self.actor.max_action).sum(-1)
-        actor_loss = -(weights * log_prob).mean()
+        actions = batch.actions / self.actor.max_action
+        if c.deterministic_actor:
+            bc_loss = (self.actor(obs) / self.actor.max_action - actions).pow(2).sum(-1)
+        else:
+            bc_loss = -self.actor.dist(obs).log_prob(actions).sum(-1)
+        actor_loss = (weights * bc_loss).mean()
         self.optimize("actor", actor_loss)
         if "actor" in self.schedulers:
             self.schedulers["actor"].step()

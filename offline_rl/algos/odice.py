@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from offline_rl.algos.base import Algorithm, PolicyWithNormalizer, register
-from offline_rl.algos.core import StateNormalizer, frozen_copy, soft_update
+from offline_rl.algos.core import StateNormalizer, frozen_copy, return_range_multiplier, soft_update
 from offline_rl.data.dataset import Batch, Dataset, Spec
 from offline_rl.errors import ConfigError
 from offline_rl.nets import EnsembleMLP
@@ -50,8 +50,9 @@ class ODICEConfig:
     use_twin_v: bool = True
     policy_hidden: tuple[int, ...] = (1024, 1024)  # hard-coded hidden_dim=1024 in main_odice_rl.py
     normalize_states: bool = False  # normalize: False for offline RL
-    reward_norm: str = "return_range"  # r·T/(max − min return); "antmaze": −3 if r == 0 else 0; "none"
-    max_episode_steps: int = 1000  # T in the return-range scaling
+    reward_norm: str = "none"  # "return_range": r·T/(max − min) (the reference's MuJoCo rule, preset for
+    # halfcheetah/hopper/walker2d); "antmaze": −3 if r == 0 else 0; "none" (every other family, as the reference)
+    max_episode_steps: int = 1000  # T of the return-range scaling (scale and chunk length)
 
 
 def f_star(x: torch.Tensor) -> torch.Tensor:
@@ -94,8 +95,7 @@ class ODICE(Algorithm):
         if self.config.normalize_states:
             self.normalizer.fit(dataset)
         if self.config.reward_norm == "return_range":  # main_odice_rl.get_env_and_dataset (MuJoCo)
-            low, high = dataset.return_range()
-            self.reward_multiplier.fill_(self.config.max_episode_steps / max(high - low, 1e-8))
+            self.reward_multiplier.fill_(return_range_multiplier(dataset, self.config.max_episode_steps))
 
     def shape_rewards(self, rewards: torch.Tensor) -> torch.Tensor:
         if self.config.reward_norm == "antmaze":

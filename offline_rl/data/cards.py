@@ -115,6 +115,69 @@ def get_card(name: str) -> Card | None:
     return None if found is None else cards[found]
 
 
+@dataclass(frozen=True)
+class CardVariant:
+    """A card with its size and seed: `hopper-medium@20k` is hopper-medium with 20 000 transitions; `@…,seed=1`
+    also sets the seed. `name` is the canonical spelling, which `--dataset` takes and run records show."""
+
+    card: Card
+    steps: int
+    seed: int
+
+    @property
+    def is_default(self) -> bool:
+        return self.steps == self.card.steps and self.seed == self.card.seed
+
+    @property
+    def name(self) -> str:
+        if self.is_default:
+            return self.card.name
+        seed = "" if self.seed == self.card.seed else f",seed={self.seed}"
+        return f"{self.card.name}@{self.steps}{seed}"
+
+    @property
+    def dataset_id(self) -> str:
+        """The Minari id its dataset is cached under."""
+        if self.is_default:
+            return self.card.dataset_id
+        return f"offline-rl/{self.card.family}/{self.card.level}-seed{self.seed}-steps{self.steps}-v{self.card.version}"
+
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)([km]?)$")
+
+
+def _count(text: str, source: str) -> int:
+    match = _SIZE.match(text.strip().lower())
+    if match is None:
+        raise DatasetError(f"'{source}': '{text}' is not a count (e.g. 20000, 20k or 1m)")
+    value = float(match.group(1)) * {"": 1, "k": 1_000, "m": 1_000_000}[match.group(2)]
+    if value < 1 or value != int(value):
+        raise DatasetError(f"'{source}': '{text}' must be a positive whole number of transitions")
+    return int(value)
+
+
+def card_variant(source: str, steps: int | None = None, seed: int | None = None) -> CardVariant | None:
+    """The card (and size, seed) that `source` names: `pendulum-medium`, `hopper-medium@20k`,
+    `hopper-medium@20000,seed=1`, `hopper-medium@seed=1`; None when `source` is not a card name."""
+    name, at, spec = source.partition("@")
+    card = get_card(name)
+    if card is None:
+        return None
+    for item in (spec.split(",") if at else []):
+        key, eq, value = item.partition("=")
+        if not eq:
+            key, value = "steps", key
+        key = key.strip().lower()
+        if key == "steps":
+            steps = _count(value, source) if steps is None else steps
+        elif key == "seed" and value.strip().isdigit():
+            seed = int(value) if seed is None else seed
+        else:
+            raise DatasetError(f"'{source}': after '@' give the size and seed, e.g. {card.name}@20k or "
+                               f"{card.name}@20000,seed=1")
+    return CardVariant(card, card.steps if steps is None else steps, card.seed if seed is None else seed)
+
+
 def cards_for_env(env_id: str) -> list[Card]:
     """The cards whose datasets are collected on `env_id`."""
     return [card for card in load_cards().values() if card.env_id == env_id]

@@ -23,6 +23,7 @@ import re
 import shutil
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -33,8 +34,11 @@ from offline_rl.data.validate import (
     check_action_bounds,
     check_finite,
     check_lengths,
+    check_matrix,
+    check_numeric,
     check_obs_dim,
     require_keys,
+    require_rows,
 )
 from offline_rl.errors import DatasetError
 from offline_rl.utils.io import atomic_write
@@ -170,9 +174,14 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
             require_keys(keys, REQUIRED_KEYS, where)
             wanted = (*REQUIRED_KEYS, "timeouts", "next_observations")
             arrays = {k: f[k][()] for k in wanted if k in keys}
-    except OSError as e:
-        raise DatasetError(f"{where}: cannot read as an HDF5 file ({e})") from e
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise DatasetError(f"{where}: cannot read as an HDF5 file ({e}); is it truncated?") from e
+    for key, value in arrays.items():
+        if np.ndim(value) == 0:
+            raise DatasetError(f"{where}: key '{key}' is a scalar, expected one row per step")
+    check_numeric(arrays, where)
     n = len(arrays["observations"])
+    require_rows(n, where)
     for key in ("rewards", "terminals", "timeouts"):
         if key in arrays:
             value = arrays[key]
@@ -180,29 +189,57 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
                 arrays[key] = value[:, 0]
             elif value.ndim != 1:
                 raise DatasetError(f"{where}: key '{key}' has shape {value.shape}, expected ({n},) or ({n}, 1)")
+    check_matrix(arrays, [k for k in ("observations", "actions", "next_observations") if k in arrays], where)
     check_lengths(arrays, where)
     return arrays
 
 
+D4RL_ACTION_BOUNDS = (-1.0, 1.0)
+"""The action space of every D4RL env (MuJoCo locomotion, AntMaze, Adroit, Kitchen, Maze2D)."""
+
+
+def _bounds(bounds: tuple[Any, Any], act_dim: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    low, high = (np.broadcast_to(np.asarray(b, dtype=np.float64), (act_dim,)).copy() for b in bounds)
+    if not (low < high).all():
+        raise DatasetError(f"{where}: action bounds must have low < high in every dimension, got {bounds}")
+    return low, high
+
+
 def read_d4rl(path: str | os.PathLike, keep_timeouts: bool = False, use_next_observations: bool = False,
-              max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS, device: str = "cpu",
-              source: str | None = None) -> Dataset:
-    """A validated `Dataset` from a D4RL hdf5 file (reference scores and env id from its name when known)."""
+              max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS, device: str = "cpu", source: str | None = None,
+              env_id: str | None = None, action_bounds: tuple[Any, Any] | None = None) -> Dataset:
+    """A validated `Dataset` from a D4RL hdf5 file (reference scores and env id from its name when known).
+
+    Actions are checked against the env's action space: the env the file's name implies, else `env_id`, else
+    `action_bounds`, else D4RL's [-1, 1]. With `env_id`, the observation size is checked against it too and it
+    becomes the evaluation env.
+    """
     path = Path(path)
     where = path.name
     arrays = _read_arrays(path)
     check_finite(arrays, where)
     name = canonical_name(path)
     family = family_of(name)
-    env_id = ENV_IDS.get(family or "")
-    bounds = None
+    known = ENV_IDS.get(family or "")
+    if env_id is not None and known is not None and env_id != known:
+        raise DatasetError(f"{where}: the file is a {family} dataset (evaluated on {known}), but env {env_id} was "
+                           "given")
+    env_id = known or env_id
+    act_dim = int(arrays["actions"].shape[1])
     if env_id is not None:
         from offline_rl.envs import box_bounds, env_spaces
 
-        obs_space, act_space = env_spaces(env_id)
+        try:
+            obs_space, act_space = env_spaces(env_id)
+        except Exception as e:  # gymnasium raises several error types for an unknown or unmakeable id
+            raise DatasetError(f"{where}: cannot make env '{env_id}' to check the data against ({e})") from e
         bounds = box_bounds(act_space)
+        if bounds is None:
+            raise DatasetError(f"{where}: env {env_id} has a {act_space} action space; only Box is supported")
         check_obs_dim(arrays["observations"], int(np.prod(obs_space.shape)), where, env_id)
-        check_action_bounds(arrays["actions"], *bounds, where)
+    else:
+        bounds = _bounds(action_bounds or D4RL_ACTION_BOUNDS, act_dim, where)
+    check_action_bounds(arrays["actions"], *bounds, where)
     has_next = "next_observations" in arrays
     if keep_timeouts and not has_next:
         raise DatasetError(f"{where}: keep_timeouts needs the true next observation after each timeout, but key "
@@ -213,8 +250,9 @@ def read_d4rl(path: str | os.PathLike, keep_timeouts: bool = False, use_next_obs
                               arrays.get("timeouts"),
                               arrays.get("next_observations") if (use_next_observations or keep_timeouts) else None,
                               keep_timeouts=keep_timeouts, max_episode_steps=max_episode_steps)
+    require_rows(len(t.observations), f"{where} (after dropping the timeout rows, as d4rl.qlearning_dataset does)")
     refs = REF_SCORES.get(family or "", (None, None))
-    spec = spec_from(int(np.prod(arrays["observations"].shape[1:])), arrays["actions"], bounds, where)
+    spec = spec_from(int(arrays["observations"].shape[1]), arrays["actions"], bounds, where)
     return to_dataset(t, spec, device, env_id=env_id, ref_min_score=refs[0], ref_max_score=refs[1],
                       source=source or str(path), name=name, family=family or "", label=LABEL)
 

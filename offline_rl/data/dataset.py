@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from offline_rl.errors import DatasetError
+
+ACTION_TOLERANCE = 1e-3
+"""Allowed overshoot of the action bounds, as a fraction of the bound range (at least 1e-3 absolute)."""
 
 
 @dataclass(frozen=True)
@@ -78,12 +81,94 @@ class Dataset:
     _dones_f: torch.Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        n = self.observations.shape[0]
-        for key in ("actions", "rewards", "next_observations", "terminals", "timeouts", "episode_ids"):
-            if getattr(self, key).shape[0] != n:
-                raise DatasetError(f"{self.source or 'dataset'}: key '{key}' has {getattr(self, key).shape[0]} rows, "
-                                   f"observations has {n}")
+        self._validate()
         self._dones_f = self.terminals.to(torch.float32)
+
+    def _validate(self) -> None:
+        """Shapes, dtypes, finiteness and action bounds: a Dataset built from arrays is checked like a file."""
+        where = self.source or self.name or "dataset"
+        values = {"observations": self.spec.obs_dim, "next_observations": self.spec.obs_dim,
+                  "actions": self.spec.act_dim, "rewards": None}
+        flags = ("terminals", "timeouts", "episode_ids")
+        tensors = {k: getattr(self, k) for k in (*values, *flags)}
+        for key, value in tensors.items():
+            if not isinstance(value, torch.Tensor):
+                raise DatasetError(f"{where}: '{key}' must be a torch.Tensor, got {type(value).__name__}")
+        n = self.observations.shape[0] if self.observations.dim() else 0
+        if n == 0:
+            raise DatasetError(f"{where}: the dataset has no transitions")
+        for key, dim in values.items():
+            value = tensors[key]
+            expected = (n,) if dim is None else (n, dim)
+            if tuple(value.shape) != expected:
+                raise DatasetError(f"{where}: '{key}' has shape {tuple(value.shape)}, expected {expected}")
+            if not value.is_floating_point():
+                raise DatasetError(f"{where}: '{key}' has dtype {value.dtype}, expected a floating-point tensor")
+            bad = ~torch.isfinite(value.reshape(n, -1)).all(dim=1)
+            if bool(bad.any()):
+                raise DatasetError(f"{where}: '{key}' contains NaN or inf at row {int(bad.nonzero()[0, 0])}")
+        for key in flags:
+            value = tensors[key]
+            if tuple(value.shape) != (n,):
+                raise DatasetError(f"{where}: '{key}' has shape {tuple(value.shape)}, expected ({n},)")
+        if self.terminals.dtype != torch.bool or self.timeouts.dtype != torch.bool:
+            raise DatasetError(f"{where}: 'terminals' and 'timeouts' must be bool tensors")
+        low = torch.as_tensor(self.spec.action_low, dtype=self.actions.dtype, device=self.actions.device)
+        high = torch.as_tensor(self.spec.action_high, dtype=self.actions.dtype, device=self.actions.device)
+        tol = ACTION_TOLERANCE * torch.clamp(torch.nan_to_num(high - low, posinf=0.0), min=1.0)
+        outside = (self.actions < low - tol) | (self.actions > high + tol)
+        if bool(outside.any()):
+            row, dim = (int(i) for i in outside.nonzero()[0])
+            raise DatasetError(f"{where}: 'actions' has {float(self.actions[row, dim]):.6g} at row {row} (dimension "
+                               f"{dim}), outside the action bounds [{float(low[dim]):.6g}, {float(high[dim]):.6g}]")
+
+    @classmethod
+    def from_arrays(cls, observations: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
+                    next_observations: np.ndarray, terminals: np.ndarray, timeouts: np.ndarray | None = None, *,
+                    env_id: str | None = None, action_bounds: tuple[Any, Any] | None = None,
+                    ref_min_score: float | None = None, ref_max_score: float | None = None, name: str = "arrays",
+                    device: str | torch.device = "cpu") -> Dataset:
+        """A validated Dataset from transition arrays in episode order (one row per transition).
+
+        An episode ends at a row with `terminals` or `timeouts` set (the last one may be open). The action bounds
+        come from `env_id`'s action space (also the evaluation env) or from `action_bounds` (low, high: scalars or
+        one value per dimension); one of the two is required, so that out-of-range actions are caught.
+        """
+        obs, act, nxt = (np.asarray(x) for x in (observations, actions, next_observations))
+        rew = np.asarray(rewards)
+        term = np.asarray(terminals)
+        trunc = np.zeros(len(term), dtype=bool) if timeouts is None else np.asarray(timeouts)
+        for key, value in (("observations", obs), ("actions", act), ("next_observations", nxt), ("rewards", rew),
+                           ("terminals", term), ("timeouts", trunc)):
+            if value.dtype.kind not in "biuf":
+                raise DatasetError(f"{name}: '{key}' has dtype {value.dtype}, expected numbers")
+        if act.ndim != 2 or obs.ndim != 2:
+            raise DatasetError(f"{name}: 'observations' and 'actions' must be 2-D arrays (N, dim), got shapes "
+                               f"{obs.shape} and {act.shape}")
+        if env_id is not None:
+            from offline_rl.envs import box_bounds, env_spaces
+
+            bounds = box_bounds(env_spaces(env_id)[1])
+        elif action_bounds is not None:
+            bounds = tuple(np.broadcast_to(np.asarray(b, dtype=np.float64), (act.shape[1],)) for b in action_bounds)
+        else:
+            raise DatasetError(f"{name}: give env_id or action_bounds, so that the actions can be checked")
+        if bounds is None:
+            raise DatasetError(f"{name}: env {env_id} has no Box action space")
+        ends = term.astype(bool) | trunc.astype(bool)
+        episode = np.concatenate([[0], np.cumsum(ends[:-1])]).astype(np.int64) if len(ends) else ends.astype(np.int64)
+        returns = np.bincount(episode, weights=rew.astype(np.float64).reshape(-1),
+                              minlength=int(episode[-1]) + 1 if len(episode) else 0)
+
+        def tensor(x: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+            return torch.as_tensor(np.ascontiguousarray(x), device=device).to(dtype)
+
+        spec = Spec(int(obs.shape[1]), int(act.shape[1]), tuple(float(x) for x in bounds[0]),
+                    tuple(float(x) for x in bounds[1]))
+        return cls(tensor(obs, torch.float32), tensor(act, torch.float32), tensor(rew.reshape(-1), torch.float32),
+                   tensor(nxt, torch.float32), tensor(term, torch.bool), tensor(trunc, torch.bool),
+                   tensor(episode, torch.int64), env_id, spec, ref_min_score, ref_max_score, source=name, name=name,
+                   label="arrays", episode_returns=returns)
 
     def __len__(self) -> int:
         return int(self.observations.shape[0])
@@ -125,6 +210,29 @@ class Dataset:
         if len(self.episode_returns) == 0:
             return 0.0, 1.0
         return float(self.episode_returns.min()), float(self.episode_returns.max())
+
+    def chunked_return_range(self, max_episode_steps: int = 1000) -> tuple[float, float]:
+        """(min, max) return of the chunks of the transition rows, in order, cut at each terminal and every
+        `max_episode_steps` rows, the last unfinished chunk dropped.
+
+        This is the reward-scaling range of the references (CORL `return_reward_range`, ODICE-Pytorch
+        `util.return_range`), computed on the transitions the algorithm trains on: for a D4RL file the
+        `qlearning_dataset` rows, whose timeout rows are gone, so a chunk can run across an episode boundary, as it
+        does there.
+        """
+        rewards = self.rewards.detach().double().cpu().numpy()
+        terminals = self.terminals.detach().cpu().numpy().astype(bool)
+        n = len(rewards)
+        rows = np.arange(n)
+        segment_start = np.maximum.accumulate(np.where(np.concatenate([[True], terminals[:-1]]), rows, 0))
+        closes = terminals | ((rows - segment_start + 1) % max_episode_steps == 0)
+        ends = np.flatnonzero(closes)
+        if len(ends) == 0:
+            raise DatasetError(f"{self.source or self.name}: no terminal and fewer than {max_episode_steps} rows, so "
+                               "the return range that scales the rewards is undefined")
+        starts = np.concatenate([[0], ends[:-1] + 1])
+        returns = np.add.reduceat(rewards[:ends[-1] + 1], starts)  # chunk k sums rows starts[k] .. ends[k]
+        return float(returns.min()), float(returns.max())
 
     def summary(self) -> dict:
         """The `datasets info --json` record."""

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -38,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from offline_rl.data.cards import LABEL_GENERATED, Card, cards_for_env, get_card, load_cards
+from offline_rl.data.cards import LABEL_GENERATED, Card, CardVariant, card_variant, cards_for_env, load_cards
 from offline_rl.data.minari_io import METADATA_KEY, cache_root
 from offline_rl.envs import is_registered, make_env, make_vector_env
 from offline_rl.envs.controllers import (
@@ -49,11 +50,15 @@ from offline_rl.envs.controllers import (
     zoo_checkpoint,
 )
 from offline_rl.errors import DatasetError
+from offline_rl.names import did_you_mean
+from offline_rl.utils.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
 
 NUM_ENVS = 8
 DEFAULT_STEPS = 100_000
+PLAIN_PROGRESS_FROM = 200_000
+"""Without a TTY, generations of at least this many transitions print a progress line per tenth."""
 MIX_SEED_STRIDE = 100_000
 """Part k of a dataset with several behaviour parts (mix, zoo schedule) is rolled out with seed + k·MIX_SEED_STRIDE."""
 
@@ -61,8 +66,9 @@ Policy = Callable[[np.ndarray], np.ndarray]
 
 
 def collect_episodes(env_id: str, policy: Policy, steps: int, seed: int, num_envs: int = NUM_ENVS,
-                     **env_kwargs: Any) -> list[dict[str, Any]]:
-    """Whole episodes (dicts of numpy arrays, T + 1 observations) holding at least `steps` transitions."""
+                     on_step: Callable[[int], None] | None = None, **env_kwargs: Any) -> list[dict[str, Any]]:
+    """Whole episodes (dicts of numpy arrays, T + 1 observations) holding at least `steps` transitions.
+    `on_step(n)` is told after each vector step that n more transitions were collected."""
     envs = make_vector_env(env_id, num_envs, seed=seed, **env_kwargs)
     try:
         act_dtype = envs.single_action_space.dtype
@@ -81,6 +87,8 @@ def collect_episodes(env_id: str, policy: Policy, steps: int, seed: int, num_env
                 rows[key].append(value)
             running += 1
             finished += int(running[done].sum())
+            if on_step is not None:
+                on_step(num_envs)
             running[done] = 0
             obs = new_obs
     finally:
@@ -142,25 +150,24 @@ def _card_parts(card: Card, steps: int, seed: int) -> list[tuple[dict[str, Any],
 
 def _plan(name_or_env_id: str, policy: Policy | None, steps: int | None, seed: int | None,
           level: str | None) -> _Plan:
-    card = get_card(name_or_env_id)
-    if card is None and level is not None and is_registered(name_or_env_id):
+    variant = card_variant(name_or_env_id, steps, seed)
+    if variant is None and level is not None and is_registered(name_or_env_id):
         card = next((c for c in cards_for_env(name_or_env_id) if c.level == level), None)
-    if card is not None:
-        steps = card.steps if steps is None else steps
-        seed = card.seed if seed is None else seed
-        default = policy is None and steps == card.steps and seed == card.seed
+        variant = None if card is None else card_variant(card.name, steps, seed)
+    if variant is not None:
+        card, steps, seed = variant.card, variant.steps, variant.seed
         lvl = card.level if policy is None else "custom"
-        dataset_id = (card.dataset_id if default else
-                      f"offline-rl/{card.family}/{lvl}-seed{seed}-steps{steps}-v{card.version}")
+        dataset_id = variant.dataset_id if policy is None else (
+            f"offline-rl/{card.family}/custom-seed{seed}-steps{steps}-v{card.version}")
         parts = _card_parts(card, steps, seed) if policy is None else [(policy, steps, seed)]
         behaviour = card.behaviour if policy is None else {"policy": getattr(policy, "__name__", "custom")}
         return _Plan(card.env_id, dataset_id, parts, (card.ref_min_score, card.ref_max_score), card.label,
-                     card.description, {"card": card.name if default else dataset_id, "family": card.family,
+                     card.description, {"card": variant.name if policy is None else dataset_id, "family": card.family,
                                         "level": lvl, "behaviour": behaviour}, dict(card.env_kwargs))
     if not is_registered(name_or_env_id):
-        names = ", ".join(sorted(load_cards()))
-        raise DatasetError(f"cannot generate '{name_or_env_id}': not a dataset card ({names}) and not a gymnasium "
-                           "env id")
+        names = sorted(load_cards())
+        raise DatasetError(f"cannot generate '{name_or_env_id}'{did_you_mean(name_or_env_id, names)}: not a dataset "
+                           f"card ({', '.join(names)}) and not a gymnasium env id")
     env_id, seed, steps = name_or_env_id, seed or 0, steps or DEFAULT_STEPS
     if policy is None and level != "random":
         raise DatasetError(f"generating on {env_id} needs a policy, or level='random'"
@@ -223,29 +230,50 @@ def _write(plan: _Plan, episodes: list[dict[str, Any]], root: Path, overwrite: b
 
 def generate_dataset(name_or_env_id: str, policy: Policy | None = None, steps: int | None = None,
                      seed: int | None = None, out: str | os.PathLike | None = None, level: str | None = None,
-                     num_envs: int = NUM_ENVS, overwrite: bool = True) -> Path:
+                     num_envs: int = NUM_ENVS, overwrite: bool = True, progress: bool | None = None) -> Path:
     """Roll out a behaviour and write a Minari dataset; returns its folder (`<root>/<dataset id>`).
 
     `name_or_env_id` is a card name (its behaviour, steps and seed are the defaults; a card's default dataset
     is the one `load_dataset(name)` uses) or a gymnasium env id with `level` (a card level for that env, or
     `"random"`) or a `policy` (a callable: observation batch -> action batch, numpy). `seed=None` takes the
     card's seed (0 otherwise). `out` is the Minari root folder (default: `$OFFLINE_RL_HOME/minari`).
-    The reference scores (card's measured random and expert returns) go into the Minari metadata. A card whose
+    The reference scores (card's measured random and expert returns) go into the Minari metadata. A line on
+    stderr names the dataset, its size and where it goes, then a progress bar (a TTY; `progress=None`) or a line
+    per tenth of the rollouts follows (`progress=False`: none). A card whose
     behaviour is a zoo policy of an env without shipped zoo weights (or an unknown zoo level) is a DatasetError,
     raised before any rollout.
     """
     if steps is not None and steps <= 0:
         raise DatasetError(f"steps must be > 0, got {steps}")
     plan = _plan(name_or_env_id, policy, steps, seed, level)
+    root = Path(out) if out is not None else cache_root()
+    if root.exists() and not root.is_dir():
+        raise DatasetError(f"{root}: --out must be a folder (the Minari root), but it is a file")
     start = time.perf_counter()
     checkpoints = _zoo_checkpoints(plan)
-    log.info("generating %s: %d transitions on %s in %d part(s)", plan.dataset_id, sum(s for _, s, _ in plan.parts),
-             plan.env_id, len(plan.parts))
-    with torch_threads(1):
-        policies = [make_policy(b, plan.env_id, part_seed) if isinstance(b, dict) else b
-                    for b, _, part_seed in plan.parts]  # every policy loads (or fails) before any rollout
-        collected = [collect_episodes(plan.env_id, pol, part_steps, part_seed, num_envs, **plan.env_kwargs)
-                     for pol, (_, part_steps, part_seed) in zip(policies, plan.parts, strict=True)]
+    total = sum(s for _, s, _ in plan.parts)
+    print(f"generating {plan.metadata['card']}: {total:,} transitions on {plan.env_id} (about "
+          f"{_size_estimate(plan.env_id, total) / 1e6:,.1f} MB) into {root / plan.dataset_id}", file=sys.stderr,
+          flush=True)
+    if progress is None and not sys.stderr.isatty() and total < PLAIN_PROGRESS_FROM:
+        progress = False  # a few seconds: the line above is enough in a log
+    reporter = ProgressReporter(total, enabled=progress, label=f"generate {plan.metadata['card']}", plain_every=0.1)
+    collected_so_far = [0]
+
+    def on_step(n: int) -> None:
+        collected_so_far[0] += n
+        rate = collected_so_far[0] / max(time.perf_counter() - start, 1e-9)
+        reporter.show(min(collected_so_far[0], total), f"{rate:,.0f} transitions/s")
+
+    try:
+        with torch_threads(1):
+            policies = [make_policy(b, plan.env_id, part_seed) if isinstance(b, dict) else b
+                        for b, _, part_seed in plan.parts]  # every policy loads (or fails) before any rollout
+            collected = [collect_episodes(plan.env_id, pol, part_steps, part_seed, num_envs, on_step,
+                                          **plan.env_kwargs)
+                         for pol, (_, part_steps, part_seed) in zip(policies, plan.parts, strict=True)]
+    finally:
+        reporter.close()
     episodes = [ep for part in collected for ep in part]
     parts = [{"behaviour": b if isinstance(b, dict) else {"policy": "custom"}, "steps": part_steps, "seed": part_seed,
               "episodes": len(eps), "transitions": sum(len(ep["actions"]) for ep in eps),
@@ -256,10 +284,20 @@ def generate_dataset(name_or_env_id: str, policy: Policy | None = None, steps: i
                 "steps": sum(s for _, s, _ in plan.parts), "seed": plan.parts[0][2], "num_envs": num_envs,
                 "recipe": _recipe(plan, num_envs, checkpoints), "behaviour_description": " | ".join(descriptions),
                 "parts": parts, "generator": __name__}
-    path = _write(plan, episodes, Path(out) if out is not None else cache_root(), overwrite, metadata)
+    path = _write(plan, episodes, root, overwrite, metadata)
     log.info("generated %s: %d transitions in %d episodes, %.1f s", plan.dataset_id,
              sum(p["transitions"] for p in parts), len(episodes), time.perf_counter() - start)
     return path
+
+
+def _size_estimate(env_id: str, transitions: int) -> float:
+    """Bytes on disk of a Minari dataset of `transitions` steps on `env_id` (float64 observations and rewards,
+    float32 actions, two flags; measured: 1M Hopper-v5 transitions take about 168 MB)."""
+    from offline_rl.envs import env_spaces
+
+    obs_space, act_space = env_spaces(env_id)
+    row = 8 * int(np.prod(obs_space.shape)) + 4 * int(np.prod(act_space.shape or (1,))) + 8 + 2
+    return 1.5 * transitions * row
 
 
 def _zoo_checkpoints(plan: _Plan) -> list[dict[str, Any] | None]:
@@ -284,20 +322,24 @@ def _recipe(plan: _Plan, num_envs: int, checkpoints: list[dict[str, Any] | None]
     return recipe + [weights] if weights else recipe
 
 
-def ensure_card_dataset(card: Card) -> Path:
-    """The folder of the card's default dataset in the cache, generated on first use.
+def ensure_card_dataset(variant: CardVariant) -> Path:
+    """The folder of a card's dataset (at its size and seed) in the cache, generated on first use.
 
-    A cached dataset whose recipe (behaviours, sizes, seeds) differs from the card's, because the card file was
-    edited, is generated again.
+    A cached dataset whose recipe (behaviours, sizes, seeds, zoo weights) differs from the card's, because the card
+    file or the zoo changed, is generated again.
     """
-    path = cache_root() / card.dataset_id
+    path = cache_root() / variant.dataset_id
     meta_file = path / "data" / "metadata.json"
     if meta_file.is_file():
-        cached = json.loads(meta_file.read_text()).get(METADATA_KEY, {}).get("recipe")
-        plan = _plan(card.name, None, None, None, None)
+        try:
+            cached = json.loads(meta_file.read_text()).get(METADATA_KEY, {}).get("recipe")
+        except (OSError, ValueError) as e:
+            raise DatasetError(f"{meta_file}: the cached dataset's metadata is unreadable ({e}); delete {path} and it "
+                               "will be generated again") from e
+        plan = _plan(variant.name, None, None, None, None)
         wanted = json.loads(json.dumps(_recipe(plan, NUM_ENVS, _zoo_checkpoints(plan))))
         if cached == wanted:
             return path
-        log.warning("%s: the cached dataset does not match the card any more; generating it again", card.name)
-    generate_dataset(card.name, overwrite=meta_file.is_file())
+        log.warning("%s: the cached dataset does not match the card any more; generating it again", variant.name)
+    generate_dataset(variant.name, overwrite=meta_file.is_file())
     return path

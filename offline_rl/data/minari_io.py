@@ -1,16 +1,18 @@
 """Minari datasets -> transitions, converted episode by episode.
 
-An episode with T actions stores T + 1 observations: transition t is (obs[t], act[t], rew[t], obs[t + 1]). The
-invariant is checked in every episode (not only the first), and concatenation happens only after each episode
-is split, so no episode can shift the next one. done = terminations. Truncated rows (time-limit cuts) are dropped
-by default, for parity with D4RL's `qlearning_dataset`, and kept with `keep_timeouts=True` (Minari stores their
-true next observation, so bootstrapping through them is correct); a row both terminated and truncated is a
-terminal and always kept. Empty (0-step) episodes contribute no transitions but count as episodes.
+An episode with T actions stores T + 1 observations and gives exactly T transitions: transition t is
+(obs[t], act[t], rew[t], obs[t + 1]). The invariant is checked in every episode (not only the first), and
+concatenation happens only after each episode is split, so no episode can shift the next one. `terminals` are the
+episode's `terminations` (the bootstrap mask) and `timeouts` its `truncations` (True on the last step of a
+truncated episode). Nothing is dropped: Minari stores the true next observation after a truncation, so the last
+transition of a truncated episode is complete (D4RL's rule of dropping timeout rows applies to D4RL files only).
+Empty (0-step) episodes contribute no transitions but count as episodes.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import numpy as np
 from offline_rl.data.build import Transitions, spec_from, to_dataset
 from offline_rl.data.d4rl import downloads_disabled
 from offline_rl.data.dataset import Dataset
-from offline_rl.data.validate import check_action_bounds, check_finite
+from offline_rl.data.validate import check_action_bounds, check_finite, check_numeric, require_rows
 from offline_rl.envs import box_bounds
 from offline_rl.errors import DatasetError
 from offline_rl.paths import home
@@ -35,13 +37,33 @@ def cache_root() -> Path:
     return home() / "minari"
 
 
-def _open(data_path: Path, where: str):
+REMOTE_HOST = ("huggingface.co", 443)
+"""Where Minari's remote datasets live (`farama-minari/*` on the Hugging Face hub)."""
+_READ_ERRORS = (ValueError, KeyError, AssertionError, OSError, TypeError, RuntimeError)
+
+
+def _repair(folder: Path | None) -> str:
+    return f"; delete {folder} and it will be generated again" if folder is not None else ""
+
+
+def _open(data_path: Path, where: str, repair_hint: Path | None = None):
     from minari import MinariDataset
 
     try:
         return MinariDataset(data_path)
-    except (ValueError, KeyError, AssertionError, OSError) as e:
-        raise DatasetError(f"{where}: not a readable Minari dataset ({e})") from e
+    except _READ_ERRORS as e:
+        raise DatasetError(f"{where}: not a readable Minari dataset ({e}){_repair(repair_hint)}") from e
+
+
+def remote_reachable(timeout: float = 3.0) -> bool:
+    """Whether Minari's remote (the Hugging Face hub) answers a TCP connection within `timeout` seconds."""
+    import socket
+
+    try:
+        socket.create_connection(REMOTE_HOST, timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def open_by_id(dataset_id: str):
@@ -59,22 +81,29 @@ def open_by_id(dataset_id: str):
             return minari.load_dataset(dataset_id)
         except (ValueError, KeyError, AssertionError, OSError) as e:
             raise DatasetError(f"{where}: not a readable Minari dataset ({e})") from e
+    looked = f"not found in {cache_root()} or {theirs.parent.parent}"
     if downloads_disabled():
-        raise DatasetError(f"{where}: not found in {cache_root()} or {theirs.parent.parent}, and downloads are "
-                           "disabled (OFFLINE_RL_OFFLINE)")
+        raise DatasetError(f"{where}: {looked}, and downloads are disabled (OFFLINE_RL_OFFLINE)")
+    if not remote_reachable():
+        raise DatasetError(f"{where}: {looked}, and Minari's remote ({REMOTE_HOST[0]}) cannot be reached (no "
+                           f"network?); download it elsewhere with `minari download {dataset_id}` and copy it into "
+                           f"{theirs.parent.parent}")
     try:
-        return minari.load_dataset(dataset_id, download=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return minari.load_dataset(dataset_id, download=True)
     except Exception as e:  # network, hub and version errors all mean: could not get it
-        raise DatasetError(f"{where}: not found locally, and Minari's download failed: {e}") from e
+        raise DatasetError(f"{where}: {looked}, and Minari's download failed: {str(e).splitlines()[0]}") from e
 
 
-def open_dir(path: str | os.PathLike):
-    """A Minari dataset from its folder (the one holding `data/`, or `data/` itself)."""
+def open_dir(path: str | os.PathLike, repair_hint: Path | None = None):
+    """A Minari dataset from its folder (the one holding `data/`, or `data/` itself). `repair_hint`: a cached
+    folder that the error message tells the user to delete."""
     path = Path(path)
     data = path / "data" if (path / "data" / "metadata.json").is_file() else path
     if not (data / "metadata.json").is_file():
-        raise DatasetError(f"{path}: not a Minari dataset folder (no data/metadata.json)")
-    return _open(data, str(path))
+        raise DatasetError(f"{path}: not a Minari dataset folder (no data/metadata.json){_repair(repair_hint)}")
+    return _open(data, str(path), repair_hint)
 
 
 def _rows(x: Any, dim: int) -> np.ndarray:
@@ -91,9 +120,8 @@ def _flatten(obs: Any, space: gym.Space, where: str) -> np.ndarray:
     raise DatasetError(f"{where}: observation space {space} is not supported (Box, or a Dict of Boxes)")
 
 
-def episodes_to_transitions(episodes, obs_space: gym.Space, act_space: gym.Space, where: str,
-                            keep_timeouts: bool = False) -> Transitions:
-    """Convert Minari episode dicts (checking each episode), validate all rows, then drop truncated rows."""
+def episodes_to_transitions(episodes, obs_space: gym.Space, act_space: gym.Space, where: str) -> Transitions:
+    """Convert Minari episode dicts, checking each episode, and validate all rows."""
     obs_dim, act_dim = gym.spaces.flatdim(obs_space), gym.spaces.flatdim(act_space)
     action_bounds = box_bounds(act_space)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "next", "act", "rew", "term", "trunc")}
@@ -117,6 +145,8 @@ def episodes_to_transitions(episodes, obs_space: gym.Space, act_space: gym.Space
         parts["obs"].append(obs[:-1])
         parts["next"].append(obs[1:])
         parts["act"].append(act)
+        check_numeric({f"episode_{k}/observations": obs, f"episode_{k}/actions": act,
+                       f"episode_{k}/rewards": np.asarray(ep["rewards"])}, where)
         parts["rew"].append(np.asarray(ep["rewards"], dtype=np.float64).reshape(-1))
         parts["term"].append(np.asarray(ep["terminations"], dtype=bool).reshape(-1))
         parts["trunc"].append(np.asarray(ep["truncations"], dtype=bool).reshape(-1))
@@ -134,23 +164,27 @@ def episodes_to_transitions(episodes, obs_space: gym.Space, act_space: gym.Space
             return f"episode_{ids[pos]}/observations", step + 1
         return f"episode_{ids[pos]}/{key}", step
 
+    require_rows(len(rew), where)
     check_finite({"observations": obs, "next_observations": nxt, "actions": act, "rewards": rew}, where, locate)
     if action_bounds is not None:
         check_action_bounds(act, *action_bounds, where, locate)
-    keep = np.ones(len(rew), dtype=bool) if keep_timeouts else (~trunc | term)
-    return Transitions(obs[keep].astype(np.float32), act[keep].astype(np.float32), rew[keep].astype(np.float32),
-                       nxt[keep].astype(np.float32), term[keep], (trunc & ~term)[keep], episode[keep],
+    return Transitions(obs.astype(np.float32), act.astype(np.float32), rew.astype(np.float32),
+                       nxt.astype(np.float32), term, trunc, episode,
                        np.bincount(episode, weights=rew, minlength=len(ids)))
 
 
-def read_minari(ds, where: str, keep_timeouts: bool = False, device: str = "cpu", source: str | None = None,
-                **overrides: Any) -> Dataset:
+def read_minari(ds, where: str, device: str = "cpu", source: str | None = None, **overrides: Any) -> Dataset:
     """A validated `Dataset` from an open `minari.MinariDataset`."""
     bounds = box_bounds(ds.action_space)
     if bounds is None:
         raise DatasetError(f"{where}: action space {ds.action_space} is not supported (Box only)")
-    episodes = ds.storage.get_episodes(ds.episode_indices)
-    t = episodes_to_transitions(episodes, ds.observation_space, ds.action_space, where, keep_timeouts)
+    try:
+        episodes = list(ds.storage.get_episodes(ds.episode_indices))
+    except _READ_ERRORS as e:
+        data_file = Path(ds.storage.data_path)
+        raise DatasetError(f"{where}: cannot read the episodes in {data_file} ({e}); the file may be truncated: "
+                           f"delete {data_file.parent.parent} (it is generated again if it is a card's)") from e
+    t = episodes_to_transitions(episodes, ds.observation_space, ds.action_space, where)
     meta = ds.storage.metadata
     ours = meta.get(METADATA_KEY) or {}
     env_spec = getattr(ds, "_eval_env_spec", None) or ds.env_spec

@@ -9,10 +9,8 @@ from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
+from offline_rl.data.dataset import ACTION_TOLERANCE
 from offline_rl.errors import DatasetError
-
-ACTION_TOLERANCE = 1e-3
-"""Allowed overshoot of the action bounds, as a fraction of the bound range (at least 1e-3 absolute)."""
 
 Locate = Callable[[str, int], tuple[str, int]]
 """Maps (key, transition row) to (key as stored in the file, row in that key), for the error message."""
@@ -28,6 +26,28 @@ def require_keys(present: Iterable[str], required: Iterable[str], where: str) ->
     for key in required:
         if key not in present:
             raise DatasetError(f"{where}: key '{key}' is missing (required: {', '.join(required)})")
+
+
+def check_numeric(arrays: Mapping[str, np.ndarray], where: str) -> None:
+    """Every array holds numbers or booleans (not byte strings, objects or compound records)."""
+    for key, value in arrays.items():
+        kind = np.asarray(value).dtype.kind
+        if kind not in "biuf":
+            raise DatasetError(f"{where}: key '{key}' has dtype {np.asarray(value).dtype}, expected numbers")
+
+
+def check_matrix(arrays: Mapping[str, np.ndarray], keys: Iterable[str], where: str) -> None:
+    """Each of `keys` is a 2-D array (N, dim): one row per step, one flat vector per row."""
+    for key in keys:
+        shape = np.shape(arrays[key])
+        if len(shape) != 2:
+            raise DatasetError(f"{where}: key '{key}' has shape {shape}, expected a 2-D array (N, dim)")
+
+
+def require_rows(n: int, where: str, minimum: int = 1) -> None:
+    """At least `minimum` rows (transitions)."""
+    if n < minimum:
+        raise DatasetError(f"{where}: {n} transitions; a dataset needs at least {minimum}")
 
 
 def check_lengths(arrays: Mapping[str, np.ndarray], where: str, reference: str = "observations") -> int:
