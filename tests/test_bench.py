@@ -39,15 +39,25 @@ def make_record(algo: str, dataset: str, seed: int, scores: list[float | None], 
     }
 
 
-def fake_run(algo: str, dataset: str, seed: int, steps: int, eval_every: int, eval_episodes: int, out_dir: Path,
-             device: str = "cpu", overrides: dict | None = None, resume: bool = False,
-             progress: bool | None = None) -> dict:
-    """A picklable stand-in for run_experiment: algorithm "boom" fails, the others write a completed result."""
-    if algo == "boom":
+BOOM = "td3_bc"
+"""The algorithm whose runs fail in `fake_run`."""
+
+
+def fake_run(algo: str, dataset: str, seed: int, steps: int, eval_every: int | None, eval_episodes: int | None,
+             out_dir: Path, device: str = "cpu", overrides: dict | None = None, resume: bool = False,
+             progress: bool | None = None, overwrite: bool = False) -> dict:
+    """A picklable stand-in for run_experiment that resolves the run as it does but trains nothing: td3_bc fails,
+    the others write run.json (with the run's fingerprint) and a completed result."""
+    from offline_rl.training.experiment import resolve_run
+
+    run = resolve_run(algo, dataset, seed, steps, eval_every, eval_episodes, device, overrides)
+    out_dir = Path(out_dir)
+    atomic_write_json(out_dir / "run.json", {"fingerprint": run.fingerprint, "fingerprint_fields": run.fields()})
+    if algo == BOOM:
         raise RuntimeError(f"boom on seed {seed}")
     record = make_record(algo, dataset, seed, [10.0 * seed, 20.0 * seed], steps=steps)
-    record["threads"] = os.environ.get("OMP_NUM_THREADS")
-    atomic_write_json(Path(out_dir) / "result.json", record)
+    record.update(threads=os.environ.get("OMP_NUM_THREADS"), fingerprint=run.fingerprint, overwrite=overwrite)
+    atomic_write_json(out_dir / "result.json", record)
     return record
 
 
@@ -118,7 +128,7 @@ def test_suite_from_path_expands_runs(tmp_path):
     (lambda t: "stepz = 3\n" + t, "stepz"),
     (lambda t: t.replace("steps = 100", "steps = \"100\""), "steps"),
     (lambda t: t.replace("steps = 100", "steps = true"), "steps"),
-    (lambda t: t.replace("eval_every = 50", "eval_every = 0"), "eval_every"),
+    (lambda t: t.replace("eval_every = 50", "eval_every = -1"), "eval_every"),
     (lambda t: t.replace("seeds = [0, 1]", "seeds = [\"0\"]"), "seeds"),
     (lambda t: t.replace("seeds = [0, 1]", "seeds = [0, 0]"), "seeds"),
     (lambda t: t.replace("seeds = [0, 1]", ""), "seeds"),
@@ -163,24 +173,53 @@ def test_completed_runs_are_skipped_and_unfinished_resumed(tmp_path, capsys):
     assert [(c["algo"], c["seed"], c["resume"]) for c in run.calls] == [("bc", 1, True)]
 
 
-def test_completed_run_with_other_step_budget_runs_again(tmp_path):
+@pytest.mark.parametrize("change", [{"steps": 200}, {"steps": 50}, {"eval_episodes": 3}, {"eval_every": 25},
+                                    {"overrides": {"bc": {"lr": 1e-4}}}])
+def test_a_folder_holding_another_configuration_refuses_the_suite(tmp_path, change):
+    """The skip compares the whole resolved configuration: another budget, protocol or override is another run,
+    and the suite stops before training anything unless told to overwrite."""
     run = CountingRun()
     run_suite(tiny_suite(seeds=(0,)), tmp_path, run_fn=run, progress=False)
-    longer = dataclasses.replace(tiny_suite(seeds=(0,)), steps=200)
-    run_suite(longer, tmp_path, run_fn=run, progress=False)
-    assert [c["steps"] for c in run.calls] == [100, 100, 200, 200]
+    other = dataclasses.replace(tiny_suite(seeds=(0,)), **change)
+    with pytest.raises(ConfigError, match="(?s)nothing was started.*holds a different run") as err:
+        run_suite(other, tmp_path, run_fn=run, progress=False)
+    field = next(iter(change)) if "overrides" not in change else "config.lr"
+    assert field in str(err.value) and len(run.calls) == 2
+    assert read_json(tmp_path / "suite.json")["steps"] == 100  # the record of what ran is not rewritten
+    run_suite(other, tmp_path, run_fn=run, progress=False, overwrite=True)
+    changed = 1 if "overrides" in change else 2  # the override is bc's only: iql's run is the same and skipped
+    assert len(run.calls) == 2 + changed and all(c["overwrite"] for c in run.calls[2:])
+    assert run_suite(other, tmp_path, run_fn=run, progress=False) == [] and len(run.calls) == 2 + changed
+
+
+def test_a_suite_is_checked_whole_before_any_run(tmp_path):
+    suite = Suite(name="bad", algos=("bc", "td3bcc", "iql"), datasets=("pendulum-medium", "pendulum-meduim"),
+                  seeds=(0,), steps=100, eval_every=50, eval_episodes=2,
+                  overrides={"bc": {"actor_lrr": 1.0}, "iql": {"beta": "high"}})
+    run = CountingRun()
+    with pytest.raises(ConfigError) as err:
+        run_suite(suite, tmp_path, run_fn=run, progress=False)
+    text = str(err.value)
+    assert "4 problem(s)" in text and run.calls == [] and not (tmp_path / "bc").exists()
+    for needle in ("pendulum-meduim", "did you mean 'pendulum-medium'", "'actor_lrr' is not a hyperparameter of bc",
+                   "unknown algorithm 'td3bcc'; did you mean 'td3_bc'", "iql.beta expects float, got 'high'"):
+        assert needle in text
+    cuda = dataclasses.replace(tiny_suite(), device="cuda:7")
+    with pytest.raises(ConfigError, match="cuda:7"):
+        run_suite(cuda, tmp_path, run_fn=run, progress=False)
+    assert run.calls == []
 
 
 def test_failed_run_does_not_stop_the_others(tmp_path, caplog):
-    failures = run_suite(tiny_suite(algos=("boom", "bc")), tmp_path, run_fn=fake_run, progress=False)
+    failures = run_suite(tiny_suite(algos=(BOOM, "bc")), tmp_path, run_fn=fake_run, progress=False)
     assert [(f["run"], f["error"]) for f in failures] == [
-        ("boom/pendulum-medium/seed0", "RuntimeError: boom on seed 0"),
-        ("boom/pendulum-medium/seed1", "RuntimeError: boom on seed 1")]
-    assert "boom on seed 1" in (tmp_path / "boom/pendulum-medium/seed1/error.log").read_text()
-    assert not (tmp_path / "boom/pendulum-medium/seed1/result.json").exists()
+        ("td3_bc/pendulum-medium/seed0", "RuntimeError: boom on seed 0"),
+        ("td3_bc/pendulum-medium/seed1", "RuntimeError: boom on seed 1")]
+    assert "boom on seed 1" in (tmp_path / "td3_bc/pendulum-medium/seed1/error.log").read_text()
+    assert not (tmp_path / "td3_bc/pendulum-medium/seed1/result.json").exists()
     assert [read_json(tmp_path / f"bc/pendulum-medium/seed{s}/result.json")["status"] for s in (0, 1)] == [
         "completed", "completed"]
-    assert "boom/pendulum-medium/seed0 failed: RuntimeError: boom on seed 0" in caplog.text
+    assert "td3_bc/pendulum-medium/seed0 failed: RuntimeError: boom on seed 0" in caplog.text
 
 
 def _clear_thread_vars(monkeypatch) -> None:
@@ -190,8 +229,8 @@ def _clear_thread_vars(monkeypatch) -> None:
 
 def test_two_worker_processes(tmp_path, monkeypatch):
     _clear_thread_vars(monkeypatch)
-    failures = run_suite(tiny_suite(algos=("bc", "boom")), tmp_path, workers=2, run_fn=fake_run, progress=False)
-    assert sorted(f["run"] for f in failures) == ["boom/pendulum-medium/seed0", "boom/pendulum-medium/seed1"]
+    failures = run_suite(tiny_suite(algos=("bc", BOOM)), tmp_path, workers=2, run_fn=fake_run, progress=False)
+    assert sorted(f["run"] for f in failures) == ["td3_bc/pendulum-medium/seed0", "td3_bc/pendulum-medium/seed1"]
     results = [read_json(tmp_path / f"bc/pendulum-medium/seed{s}/result.json") for s in (0, 1)]
     assert [r["threads"] for r in results] == ["1", "1"]  # one compute thread per worker
 
@@ -264,7 +303,7 @@ def test_ray_runner_with_a_fake_ray(tmp_path, monkeypatch):
     _clear_thread_vars(monkeypatch)
     ray = FakeRay(tmp_path / "remote")
     monkeypatch.setitem(sys.modules, "ray", ray)
-    failures = run_suite(tiny_suite(algos=("bc", "boom"), seeds=(0, 1, 2)), tmp_path / "out", runner="ray",
+    failures = run_suite(tiny_suite(algos=("bc", BOOM), seeds=(0, 1, 2)), tmp_path / "out", runner="ray",
                          workers=2, run_fn=fake_run, progress=False, address="ray://head:10001")
     assert len(failures) == 3 and ray.address == "ray://head:10001" and not ray.initialized
     assert ray.max_in_flight == 2 and ray.options_seen[0] == {"num_cpus": 1, "num_gpus": 0}

@@ -17,10 +17,14 @@ def cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subproc
                           env={**os.environ, **(env or {})}, cwd=cwd or ROOT, timeout=600)
 
 
+PROGRESS = ("generating ", "[generate ")
+"""Lines a command prints while it works (a dataset generated on first use), before any error."""
+
+
 def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
-    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip() and not ln.startswith(PROGRESS)]
     assert len(lines) == 1, proc.stderr
     for needle in needles:
         assert needle in lines[0]

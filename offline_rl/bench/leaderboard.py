@@ -364,6 +364,8 @@ def write_leaderboard(results_dir: str | os.PathLike, fmt: str = "md",
     text to `out` (atomically) when given, and return it."""
     if fmt not in FORMATS:
         raise UserError(f"unknown leaderboard format '{fmt}' (choose from: {', '.join(FORMATS)})")
+    if out is not None and Path(out).is_dir():
+        raise UserError(f"--out {out}: is a folder; give a file name, e.g. {Path(out) / f'leaderboard.{fmt}'}")
     records = collect(results_dir)
     rows = aggregate(records)
     if not rows:

@@ -1,9 +1,13 @@
 """Run every (algorithm, dataset, seed) of a suite: one after another, in local worker processes, or on Ray.
 
-Each run writes `<out_dir>/<algo>/<dataset>/seed<k>/result.json`. A run whose result file already says
-"completed" (for the suite's step budget) is skipped, so re-running a suite after a crash only does the
-missing runs; those are started with `resume=True` and continue from their checkpoint. A failing run is
-logged (its traceback goes to `error.log` in its run folder) and the other runs go on.
+Before anything trains, every run of the suite is resolved (algorithm, dataset, preset and overrides, device,
+evaluation protocol) and compared with its folder; any problem refuses the whole suite with the list of problems.
+Each run writes `<out_dir>/<algo>/<dataset>/seed<k>/result.json`. A run whose folder holds a finished run
+(completed or diverged) with the same fingerprint (the whole resolved configuration, dataset content included) is
+skipped, so re-running a suite after a crash only does the missing runs; those are started with `resume=True` and
+continue from their checkpoint. A folder holding a run with another fingerprint is an error, unless `overwrite`.
+A failing run is logged (its traceback goes to `error.log` in its run folder), recorded as `failed`, retried by
+the next run of the suite, and the other runs go on.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from offline_rl.bench.suite import RunSpec, Suite
-from offline_rl.errors import UserError
+from offline_rl.errors import ConfigError, UserError
 from offline_rl.utils.io import atomic_write_json, atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
@@ -45,8 +49,80 @@ def default_run_fn(**kwargs: Any) -> dict:
     return run_experiment(**kwargs)
 
 
+def check_suite(suite: Suite, out_dir: Path, overwrite: bool = False) -> tuple[list[tuple[RunSpec, bool]], int]:
+    """Resolve every run and compare it with its folder: ([(run to do, whether it replaces another run)], how many
+    are finished already and skipped).
+
+    Every problem is collected first (an unknown algorithm or dataset, a bad override key or type, a device this
+    machine lacks, a folder holding another run unless `overwrite`), then the suite is refused with all of them
+    (ConfigError), before any run starts."""
+    from offline_rl.data import load_dataset
+    from offline_rl.training.experiment import resolve_run
+
+    problems: dict[str, list[str]] = {}  # message -> the runs it concerns
+    datasets: dict[str, Any] = {}
+    for name in suite.datasets:
+        try:
+            datasets[name] = load_dataset(name)
+        except UserError as e:
+            problems.setdefault(f"dataset '{name}': {e}", [])
+    todo, finished = [], 0
+    for spec in suite.runs():
+        if spec.dataset not in datasets:
+            continue
+        try:
+            fields = resolve_run(spec.algo, datasets[spec.dataset], spec.seed, spec.steps, spec.eval_every,
+                                 spec.eval_episodes, spec.device, spec.overrides).fields()
+        except UserError as e:
+            problems.setdefault(str(e), []).append(spec.name)
+            continue
+        state = folder_state(spec.run_dir(out_dir), fields)
+        if state == "finished":
+            finished += 1
+        elif not state.startswith("conflict"):
+            todo.append((spec, False))
+        elif overwrite:
+            todo.append((spec, True))
+        else:
+            problems.setdefault(state.partition(": ")[2], []).append(spec.name)
+    if problems:
+        listed = "\n  ".join(msg + (f" [{', '.join(runs)}]" if runs else "") for msg, runs in problems.items())
+        raise ConfigError(f"suite '{suite.name}' ({suite.path or 'in memory'}) cannot run; nothing was started. "
+                          f"{len(problems)} problem(s):\n  {listed}")
+    return todo, finished
+
+
+def folder_state(run_dir: Path, fields: dict[str, Any]) -> str:
+    """"empty", "finished" (a completed or diverged run with these fields), "unfinished" (the same run, to resume
+    or retry) or "conflict: <why>" (another run, or files of unknown provenance)."""
+    from offline_rl.training.run_folder import (
+        FINISHED,
+        RESULT,
+        RUN,
+        differing_fields,
+        fingerprint,
+        read_record,
+    )
+
+    try:
+        record = read_record(run_dir / RUN)
+        result = read_record(run_dir / RESULT)
+    except UserError as e:
+        return f"conflict: {e}"
+    if record is None:
+        return "empty" if result is None else "conflict: a result.json without run.json (use --overwrite)"
+    if record.get("fingerprint") != fingerprint(fields):
+        diff = differing_fields(record.get("fingerprint_fields", {}), fields)
+        return (f"conflict: {run_dir} holds a different run ({'; '.join(diff) or 'no fingerprint'}); "
+                "pass --overwrite to replace it")
+    if result is not None and result.get("status") in FINISHED and result.get("fingerprint") == record["fingerprint"]:
+        return "finished"
+    return "unfinished"
+
+
 def run_suite(suite: Suite, out_dir: str | os.PathLike, runner: str = "local", workers: int = 1,
-              run_fn: RunFn | None = None, progress: bool = True, address: str | None = None) -> list[dict]:
+              run_fn: RunFn | None = None, progress: bool = True, address: str | None = None,
+              overwrite: bool = False) -> list[dict]:
     """Run the suite's runs that are not completed yet; return the failures (an empty list: all went well).
 
     A failure is `{"run", "algo", "dataset", "seed", "run_dir", "error"}` with `error` "ExceptionType: message";
@@ -64,17 +140,22 @@ def run_suite(suite: Suite, out_dir: str | os.PathLike, runner: str = "local", w
         raise UserError(f"workers must be at least 1, got {workers}")
     run_fn = run_fn or default_run_fn
     out_dir = Path(out_dir).resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir}: is a file, not a folder")
     specs = suite.runs()
-    pending = [spec for spec in specs if not _is_completed(spec, out_dir)]
     report = _reporter(progress)
-    report(f"suite '{suite.name}': {len(specs)} runs, {len(specs) - len(pending)} already completed (skipped), "
-           f"{len(pending)} to run -> {out_dir}")
+    report(f"suite '{suite.name}': checking {len(specs)} runs")
+    todo, finished = check_suite(suite, out_dir, overwrite)
+    pending = [spec for spec, _ in todo]
+    replace = {spec.name for spec, replaces in todo if replaces}
+    report(f"suite '{suite.name}': {len(specs)} runs, {finished} already completed (skipped), "
+           f"{len(pending)} to run -> {out_dir}" + (f" ({len(replace)} replacing other runs)" if replace else ""))
     atomic_write_json(out_dir / "suite.json", suite.to_dict())
 
-    counts: Counter[str] = Counter(skipped=len(specs) - len(pending))
+    counts: Counter[str] = Counter(skipped=finished)
     failures = []
     for i, (spec, payload) in enumerate(_execute_all(pending, out_dir, run_fn, runner, workers, progress,
-                                                     address, report), start=1):
+                                                     address, report, replace), start=1):
         prefix = f"[{i}/{len(pending)}] {spec.name}"
         failure = _record(spec, out_dir, payload)
         if failure is None:
@@ -90,14 +171,16 @@ def run_suite(suite: Suite, out_dir: str | os.PathLike, runner: str = "local", w
 
 
 def _execute_all(specs: list[RunSpec], out_dir: Path, run_fn: RunFn, runner: str, workers: int, progress: bool,
-                 address: str | None, report: Callable[[str], None]) -> Iterator[tuple[RunSpec, Payload]]:
+                 address: str | None, report: Callable[[str], None],
+                 replace: set[str]) -> Iterator[tuple[RunSpec, Payload]]:
     """Yield `(spec, payload)` for each run as it finishes, with the chosen runner. Only a sequential run
     shows its own progress bar; parallel runs would draw over each other."""
     if not specs:
         return iter(())
 
     def kwargs_for(spec: RunSpec) -> dict[str, Any]:
-        return {**spec.kwargs(out_dir), "resume": True, "progress": progress and workers == 1}
+        return {**spec.kwargs(out_dir), "resume": True, "progress": progress and workers == 1,
+                "overwrite": spec.name in replace}
 
     if runner == "ray":
         return _run_ray(specs, kwargs_for, run_fn, workers, address)
@@ -238,19 +321,6 @@ def _read_result(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return result if isinstance(result, dict) else None
-
-
-def _is_completed(spec: RunSpec, out_dir: Path) -> bool:
-    """Whether the run has a finished result (completed, or diverged: rerunning would diverge again) for the suite's
-    step budget; then it is skipped."""
-    result = _read_result(spec.run_dir(out_dir) / RESULT_FILE)
-    if result is None or result.get("status") not in ("completed", "diverged"):
-        return False
-    if result.get("steps") != spec.steps:
-        log.warning("%s: completed with steps=%s but the suite asks for %s; running it again",
-                    spec.name, result.get("steps"), spec.steps)
-        return False
-    return True
 
 
 def _describe(result: dict) -> str:

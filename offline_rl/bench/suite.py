@@ -6,8 +6,8 @@
     datasets = ["pendulum-medium"]
     seeds = [0, 1, 2]
     steps = 10000
-    eval_every = 2000
-    eval_episodes = 10
+    eval_every = 2000             # optional: the preset's protocol for each dataset, else 5000
+    eval_episodes = 10            # optional: the preset's protocol for each dataset (AntMaze: 100), else 10
     device = "cpu"                # optional
 
     [overrides.td3_bc]            # optional hyperparameter overrides, one table per algorithm
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from offline_rl.errors import ConfigError
+from offline_rl.names import find
 from offline_rl.paths import resource_dir
 
 # key -> (expected type, required). Lists are checked element by element in `_check_list`.
@@ -34,8 +35,8 @@ _FIELDS: dict[str, tuple[type, bool]] = {
     "datasets": (list, True),
     "seeds": (list, True),
     "steps": (int, True),
-    "eval_every": (int, True),
-    "eval_episodes": (int, True),
+    "eval_every": (int, False),
+    "eval_episodes": (int, False),
     "device": (str, False),
     "overrides": (dict, False),
 }
@@ -56,8 +57,8 @@ class RunSpec:
     dataset: str
     seed: int
     steps: int
-    eval_every: int
-    eval_episodes: int
+    eval_every: int | None
+    eval_episodes: int | None
     device: str = "cpu"
     overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -93,8 +94,8 @@ class Suite:
     datasets: tuple[str, ...]
     seeds: tuple[int, ...]
     steps: int
-    eval_every: int
-    eval_episodes: int
+    eval_every: int | None = None
+    eval_episodes: int | None = None
     description: str = ""
     device: str = "cpu"
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -148,10 +149,10 @@ def parse_suite(data: dict[str, Any], path: Path) -> Suite:
             continue
         if not isinstance(data[key], typ) or (typ is int and isinstance(data[key], bool)):
             raise ConfigError(f"{path}: key '{key}' must be {_TYPE_NAMES[typ]}, got {data[key]!r}")
-    for key in ("steps", "eval_every", "eval_episodes"):
-        if data[key] < 1:
-            raise ConfigError(f"{path}: key '{key}' must be a positive integer, got {data[key]}")
-    algos = _check_list(data, "algos", str, path)
+    for key, low in (("steps", 1), ("eval_every", 0), ("eval_episodes", 0)):
+        if key in data and data[key] < low:
+            raise ConfigError(f"{path}: key '{key}' must be an integer ≥ {low}, got {data[key]}")
+    algos = tuple(_canonical_algo(a) for a in _check_list(data, "algos", str, path))
     datasets = _check_list(data, "datasets", str, path)
     seeds = _check_list(data, "seeds", int, path)
     if len({slugify(d) for d in datasets}) != len(datasets):
@@ -165,12 +166,20 @@ def parse_suite(data: dict[str, Any], path: Path) -> Suite:
         datasets=datasets,
         seeds=seeds,
         steps=data["steps"],
-        eval_every=data["eval_every"],
-        eval_episodes=data["eval_episodes"],
+        eval_every=data.get("eval_every"),
+        eval_episodes=data.get("eval_episodes"),
         device=data.get("device", "cpu"),
-        overrides=_check_overrides(data.get("overrides", {}), algos, path),
+        overrides=_check_overrides({_canonical_algo(k): v for k, v in data.get("overrides", {}).items()}, algos, path),
         path=path,
     )
+
+
+def _canonical_algo(name: str) -> str:
+    """The registered spelling of an algorithm name (`TD3+BC` -> `td3_bc`); an unknown name stays as typed (the
+    runner's check reports it with the closest names)."""
+    from offline_rl.algos import available
+
+    return find(name, available()) or name
 
 
 def _resolve(name_or_path: str | os.PathLike) -> Path:

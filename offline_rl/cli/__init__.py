@@ -1,11 +1,14 @@
 """The `offline-rl` command line (typer). Bad input exits 2 with one line on stderr; internal errors exit 1.
 
-Heavy modules are imported inside the commands so that `--help` stays fast.
+Every command raises; `main` is the one place that turns exceptions into exit codes (`exit_code_for`). Heavy
+modules are imported inside the commands so that `--help` stays fast.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -27,6 +30,20 @@ try:  # the sequence backend's commands (its heavy imports stay lazy inside)
     app.add_typer(seq_app, name="seq", help="The sequence-policy (LLM) backend: GRPO-family methods.")
 except ImportError:  # pragma: no cover - only when the seq package is absent
     pass
+
+
+def _version(value: bool) -> None:
+    if value:
+        from offline_rl import __version__
+
+        typer.echo(f"offline-rl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Offline RL toolkit: datasets, algorithms, training, evaluation and leaderboards."""
 
 
 def _print_json(obj: object) -> None:
@@ -55,12 +72,14 @@ def datasets_list(as_json: Annotated[bool, typer.Option("--json", help="Print JS
 @datasets_app.command("info")
 def datasets_info(
     source: Annotated[str, typer.Argument(help="Card name, d4rl:<name>, path to .hdf5, or minari:<id>.")],
+    env: Annotated[str | None, typer.Option(help="Env of a D4RL-format file whose name implies none (its action "
+                                            "bounds and evaluation env; default bounds [-1, 1]).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout.")] = False,
 ) -> None:
     """Size, returns and the behaviour policy's normalised score of a dataset."""
     from offline_rl.data import load_dataset
 
-    info = load_dataset(source).summary()
+    info = load_dataset(source, env=env).summary()
     if as_json:
         _print_json(info)
         return
@@ -78,11 +97,18 @@ def datasets_generate(
 ) -> None:
     """Roll out a card's behaviour policy and write a Minari dataset."""
     from offline_rl.data import generate_dataset
+    from offline_rl.data.cards import card_variant
 
     _check_positive("steps", steps)
+    _check_positive("seed", seed, allow_zero=True)
     _check_positive("num-envs", num_envs)
     path = generate_dataset(name, steps=steps, seed=seed, out=out, num_envs=num_envs)
     typer.echo(str(path))
+    variant = card_variant(name, steps, seed)
+    if variant is not None and out is None:
+        typer.echo(f"train on it with: --dataset {variant.name}", err=True)
+    else:
+        typer.echo(f"train on it with: --dataset {path}", err=True)
 
 
 @datasets_app.command("measure-refs")
@@ -122,14 +148,19 @@ def algos_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON 
 @app.command()
 def train(
     algo: Annotated[str, typer.Option(help="Algorithm name (see `algos list`).")],
-    dataset: Annotated[str, typer.Option(help="Card name, d4rl:<name>, .hdf5 path or minari:<id>.")],
+    dataset: Annotated[str, typer.Option(help="Card name (NAME or NAME@STEPS[,seed=S]), d4rl:<name>, .hdf5 path "
+                                         "or minari:<id>.")],
     steps: Annotated[int, typer.Option(help="Gradient updates.")] = 100_000,
     seed: Annotated[int, typer.Option(help="Seed for python, numpy, torch and the envs.")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "auto",
-    eval_every: Annotated[int, typer.Option(help="Evaluate every N updates (0: only at the end).")] = 5000,
-    eval_episodes: Annotated[int, typer.Option(help="Episodes per evaluation.")] = 10,
+    eval_every: Annotated[int | None, typer.Option(help="Evaluate every N updates (0: only at the end; default: "
+                                                   "the preset's protocol for the dataset, else 5000).")] = None,
+    eval_episodes: Annotated[int | None, typer.Option(help="Episodes per evaluation (0: none; default: the "
+                                                      "preset's protocol, e.g. 100 on AntMaze, else 10).")] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder (default: runs/<algo>/<dataset>/seed<S>).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from the run folder's checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue this run from its checkpoint (or keep it when finished); "
+                                         "the folder must hold the same run.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace whatever run the folder holds.")] = False,
     threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default). 1 is fastest for small "
                                          "networks on a shared machine.")] = 1,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Hyperparameter override key=value (repeat).")]
@@ -140,12 +171,13 @@ def train(
     from offline_rl.training import run_experiment
 
     _check_positive("steps", steps)
+    _check_positive("seed", seed, allow_zero=True)
     _check_positive("eval-every", eval_every, allow_zero=True)
-    _check_positive("eval-episodes", eval_episodes)
+    _check_positive("eval-episodes", eval_episodes, allow_zero=True)
     _check_positive("threads", threads, allow_zero=True)
     out = out or Path("runs") / algo / dataset.replace(":", "_").replace("/", "_") / f"seed{seed}"
-    result = run_experiment(algo, dataset, seed, steps, eval_every or steps, eval_episodes, out, device,
-                            parse_overrides(set_), resume, threads=threads or None)
+    result = run_experiment(algo, dataset, seed, steps, eval_every, eval_episodes, out, device,
+                            parse_overrides(set_), resume, threads=threads or None, overwrite=overwrite)
     typer.echo(f"{result['status']}: last score {_fmt(result['final_score'])} (return "
                f"{_fmt(result['final_return'])}), best {_fmt(result['best_score'])}, "
                f"{result['updates_per_s']:.0f} updates/s -> {out / 'result.json'}")
@@ -156,22 +188,31 @@ def train(
 @app.command()
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `train`.")],
-    episodes: Annotated[int, typer.Option(help="Episodes to run.")] = 10,
-    seed: Annotated[int, typer.Option(help="Evaluation seed.")] = 0,
+    episodes: Annotated[int | None, typer.Option(help="Episodes to run (default: the run's evaluation episodes)."
+                                                 )] = None,
+    seed: Annotated[int | None, typer.Option(help="Evaluation seed (default: the run's, seed + 100, so the "
+                                             "result matches result.json's last evaluation).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False,
 ) -> None:
-    """Evaluate a trained run's last checkpoint with the deterministic policy."""
+    """Evaluate a trained run's last checkpoint with the deterministic policy, by the run's own protocol."""
     from offline_rl.evaluation import evaluate as run_eval
     from offline_rl.training import load_run
+    from offline_rl.training.trainer import EVAL_SEED_OFFSET
 
     _check_positive("episodes", episodes)
+    _check_positive("seed", seed, allow_zero=True)
     agent, info = load_run(run_dir)
+    if info.get("env_id") is None:
+        raise UserError(f"{run_dir}: the run's dataset names no env to evaluate on")
+    episodes = episodes or int(info.get("eval_episodes") or 10)
+    seed = int(info.get("eval_seed", int(info.get("seed", 0)) + EVAL_SEED_OFFSET)) if seed is None else seed
+    typer.echo(f"evaluating {run_dir} on {info['env_id']}: {episodes} episodes, seed {seed}", err=True)
     result = run_eval(agent.policy(), info["env_id"], episodes, seed, info["ref_min_score"], info["ref_max_score"])
     if as_json:
         _print_json(result.to_dict())
     else:
         typer.echo(f"{info['env_id']}: return {result.mean_return:.2f} ± {result.std_return:.2f}, "
-                   f"normalised score {_fmt(result.normalized_score)} over {episodes} episodes")
+                   f"normalised score {_fmt(result.normalized_score)} over {episodes} episodes (seed {seed})")
 
 
 @app.command()
@@ -181,8 +222,12 @@ def benchmark(
     workers: Annotated[int, typer.Option(help="Parallel runs (processes for local, tasks for ray).")] = 1,
     out: Annotated[Path | None, typer.Option(help="Results folder (default: results/<suite>).")] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (ray runner only).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace runs whose folders hold another configuration.")]
+    = False,
 ) -> None:
-    """Run a suite (algorithms × datasets × seeds), skipping completed runs, then print its leaderboard."""
+    """Run a suite (algorithms × datasets × seeds), skipping completed runs, then print its leaderboard.
+
+    Every run is checked first (names, datasets, overrides, device, folders); a problem refuses the whole suite."""
     from offline_rl.bench import load_suite, run_suite, write_leaderboard
 
     if runner not in ("local", "ray"):
@@ -190,7 +235,7 @@ def benchmark(
     _check_positive("workers", workers)
     spec = load_suite(suite)
     out = out or Path("results") / spec.name
-    failures = run_suite(spec, out, runner=runner, workers=workers, address=address)
+    failures = run_suite(spec, out, runner=runner, workers=workers, address=address, overwrite=overwrite)
     if len(failures) == len(spec.runs()):
         typer.echo(f"all {len(failures)} run(s) failed; see {out}/*/*/*/error.log", err=True)
         raise typer.Exit(1)
@@ -255,16 +300,52 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1f}"
 
 
+_USER_OS_ERRORS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
+                   errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG}
+"""OS errors caused by the paths or the machine the user gave us, not by a bug."""
+
+
+def exit_code_for(error: BaseException) -> tuple[int, str]:
+    """The one mapping from an exception to (exit code, message): 2 and one line for bad input, 130 for Ctrl-C,
+    1 for an internal error (a bug), whose message says how to report it."""
+    if isinstance(error, UserError):
+        return 2, f"error: {error}"
+    if isinstance(error, KeyboardInterrupt):
+        return 130, "interrupted"
+    if isinstance(error, OSError) and error.errno in _USER_OS_ERRORS:
+        where = f"{error.filename}: " if error.filename else ""
+        return 2, f"error: {where}{error.strerror or error}"
+    report = _save_traceback(error)
+    return 1, (f"internal error: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}\n"
+               f"This is a bug in offline-rl. Please report it on the project's issue tracker with the command you "
+               f"ran and the traceback in {report}")
+
+
+def _save_traceback(error: BaseException) -> str:
+    import tempfile
+    import traceback
+
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    try:
+        fd, path = tempfile.mkstemp(prefix="offline-rl-crash-", suffix=".log")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    except OSError:
+        return "(could not be saved; rerun with OFFLINE_RL_DEBUG=1 to print it)"
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: user errors become one line and exit code 2."""
+    """Console entry point: every exception becomes one message and an exit code (`exit_code_for`).
+    `OFFLINE_RL_DEBUG=1` re-raises internal errors with their traceback."""
     try:
         app(args=argv, prog_name="offline-rl")
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    except (Exception, KeyboardInterrupt) as e:
+        code, message = exit_code_for(e)
+        if code == 1 and os.environ.get("OFFLINE_RL_DEBUG"):
+            raise
+        print(message, file=sys.stderr)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

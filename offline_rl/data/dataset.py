@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -79,6 +80,7 @@ class Dataset:
     episode_returns: np.ndarray = field(default_factory=lambda: np.zeros(0))
     env_kwargs: dict = field(default_factory=dict)
     _dones_f: torch.Tensor | None = field(default=None, repr=False)
+    _hash: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._validate()
@@ -185,7 +187,7 @@ class Dataset:
         """A copy with every tensor on `device`."""
         tensors = {k: getattr(self, k).to(device) for k in
                    ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts", "episode_ids")}
-        return replace(self, **tensors, _dones_f=None)
+        return replace(self, **tensors, _dones_f=None, _hash=self._hash)
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
         """Uniform minibatch; indices are drawn and gathered on the dataset's own device (no host sync)."""
@@ -210,6 +212,19 @@ class Dataset:
         if len(self.episode_returns) == 0:
             return 0.0, 1.0
         return float(self.episode_returns.min()), float(self.episode_returns.max())
+
+    def content_hash(self) -> str:
+        """blake2b of every transition array (values, flags and episode ids, in row order), cached: two datasets
+        with the same hash train the same way."""
+        if self._hash is None:
+            digest = hashlib.blake2b(digest_size=16)
+            for key in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts",
+                        "episode_ids"):
+                value = getattr(self, key).detach().cpu().contiguous()
+                digest.update(f"{key}{tuple(value.shape)}{value.dtype}".encode())
+                digest.update(value.numpy().tobytes())
+            self._hash = digest.hexdigest()
+        return self._hash
 
     def chunked_return_range(self, max_episode_steps: int = 1000) -> tuple[float, float]:
         """(min, max) return of the chunks of the transition rows, in order, cut at each terminal and every

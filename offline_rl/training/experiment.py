@@ -1,29 +1,81 @@
 """One experiment from names: load the dataset, build the algorithm from its preset, train, write `result.json`.
 
-`run.json` (written first) records what is needed to rebuild the policy later: the algorithm, its resolved config,
-the spec and the dataset source. `load_run` rebuilds it from `run.json` and the last checkpoint.
+`resolve_run` does everything up to training (names, dataset, preset, overrides, device, evaluation protocol)
+and is what the benchmark runner calls to check a whole suite before any run starts. `run.json` (written by
+`train`) records what is needed to rebuild the policy later; `load_run` rebuilds it from `run.json` and the last
+checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from offline_rl.algos import Algorithm, build_config, get, make
-from offline_rl.data.dataset import Spec
+from offline_rl.algos import Algorithm, build_config, get, load_preset, load_protocol, make
+from offline_rl.data.dataset import Dataset, Spec
 from offline_rl.errors import UserError
 from offline_rl.training.checkpoint import load_checkpoint
+from offline_rl.training.run_folder import CHECKPOINT, RUN, fingerprint, read_record, run_fields
 from offline_rl.training.seeding import resolve_device, seed_everything
-from offline_rl.training.trainer import CHECKPOINT, train
-from offline_rl.utils.io import atomic_write_json, read_json
+from offline_rl.training.trainer import EVAL_SEED_OFFSET, check_budget, train
 
-RUN = "run.json"
+DEFAULT_EVAL_EVERY = 5000
+DEFAULT_EVAL_EPISODES = 10
 
 
-def run_experiment(algo: str, dataset: str, seed: int, steps: int, eval_every: int, eval_episodes: int,
+@dataclass
+class ResolvedRun:
+    """A run with every name resolved and every default filled in: ready to train, or to compare with a folder."""
+
+    algo: str
+    config: Any
+    dataset: Dataset
+    seed: int
+    steps: int
+    eval_every: int
+    eval_episodes: int
+    device: str
+
+    def fields(self) -> dict[str, Any]:
+        """What makes this run this run (`offline_rl.training.run_folder.run_fields`)."""
+        return run_fields(self.algo, dataclasses.asdict(self.config), self.dataset.source,
+                          self.dataset.content_hash(), self.steps, self.eval_every, self.eval_episodes, self.seed + EVAL_SEED_OFFSET, self.seed)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.fields())
+
+
+def resolve_run(algo: str, dataset: str | Dataset, seed: int, steps: int, eval_every: int | None = None,
+                eval_episodes: int | None = None, device: str = "cpu",
+                overrides: dict[str, Any] | None = None) -> ResolvedRun:
+    """Resolve a run without training it. Raises UserError (ConfigError, DatasetError) for anything wrong:
+    an unknown algorithm or dataset, a bad override key or type, a device this machine lacks, a bad budget.
+
+    `eval_every` / `eval_episodes` of None take the preset's protocol for this dataset (e.g. 100 episodes on
+    AntMaze), else 5000 updates and 10 episodes; `eval_every` 0 means only at the end.
+    """
+    from offline_rl.data import load_dataset
+
+    cls = get(algo)
+    dev = resolve_device(device)
+    data = load_dataset(dataset, device="cpu") if isinstance(dataset, str) else dataset
+    values = load_preset(cls.name, data.name, data.family)
+    values.update(overrides or {})
+    config = build_config(cls, values)
+    protocol = load_protocol(cls.name, data.name, data.family)
+    eval_every = protocol.get("eval_every", DEFAULT_EVAL_EVERY) if eval_every is None else eval_every
+    eval_episodes = protocol.get("eval_episodes", DEFAULT_EVAL_EPISODES) if eval_episodes is None else eval_episodes
+    check_budget(steps, seed, eval_every, eval_episodes)
+    return ResolvedRun(cls.name, config, data, seed, steps, eval_every or steps, eval_episodes, str(dev))
+
+
+def run_experiment(algo: str, dataset: str, seed: int, steps: int, eval_every: int | None, eval_episodes: int | None,
                    out_dir: str | Path, device: str = "cpu", overrides: dict[str, Any] | None = None,
-                   resume: bool = False, progress: bool | None = None, threads: int | None = 1) -> dict[str, Any]:
+                   resume: bool = False, progress: bool | None = None, threads: int | None = 1,
+                   overwrite: bool = False) -> dict[str, Any]:
     """Train `algo` on `dataset` with `seed` and return the result record (also in `out_dir/result.json`).
 
     `threads` sets torch's intra-op CPU threads (None: leave torch's default). One thread is the default: the
@@ -31,21 +83,14 @@ def run_experiment(algo: str, dataset: str, seed: int, steps: int, eval_every: i
     """
     import torch
 
-    from offline_rl.data import load_dataset
-
     if threads:
         torch.set_num_threads(threads)
-    out = Path(out_dir)
-    dev = resolve_device(device)
-    data = load_dataset(dataset, device=str(dev))
+    run = resolve_run(algo, dataset, seed, steps, eval_every, eval_episodes, device, overrides)
+    data = run.dataset.to(run.device)
     seed_everything(seed)
-    agent = make(algo, data.spec, dict(overrides or {}), dev, dataset=data)
-    atomic_write_json(out / RUN, {
-        "algo": agent.name, "config": dataclasses.asdict(agent.config), "spec": data.spec.to_dict(),
-        "dataset_source": dataset, "env_id": data.env_id, "ref_min_score": data.ref_min_score,
-        "ref_max_score": data.ref_max_score, "seed": seed, "steps": steps})
-    result = train(agent, data, steps, seed=seed, eval_every=eval_every, eval_episodes=eval_episodes,
-                   out_dir=out, resume=resume, progress=progress)
+    agent = make(run.algo, data.spec, run.config, run.device)
+    result = train(agent, data, steps, seed=seed, eval_every=run.eval_every, eval_episodes=run.eval_episodes,
+                   out_dir=out_dir, resume=resume, progress=progress, overwrite=overwrite)
     return result.to_dict()
 
 
@@ -54,10 +99,19 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[Algorithm, dict[
     run = Path(run_dir)
     if not (run / RUN).exists() or not (run / CHECKPOINT).exists():
         raise UserError(f"{run}: not a run folder (needs {RUN} and {CHECKPOINT})")
-    info = read_json(run / RUN)
-    cls = get(info["algo"])
-    config = build_config(cls, info["config"], where=str(run / RUN))
-    agent = cls(Spec.from_dict(info["spec"]), config, device).to(device)
+    info = read_record(run / RUN)
+    try:
+        cls = get(info["algo"])
+        config = build_config(cls, info["config"], where=str(run / RUN))
+        spec = Spec.from_dict(info["spec"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{run / RUN}: not a run record of offline-rl (missing or bad {e})") from e
+    agent = cls(spec, config, device).to(device)
     agent.configure_schedule(int(info.get("steps") or 1))
-    agent.load_state_dict(load_checkpoint(run / CHECKPOINT, device)["algo"])
+    state = load_checkpoint(run / CHECKPOINT, device)
+    try:
+        agent.load_state_dict(state["algo"])
+    except (KeyError, RuntimeError) as e:
+        raise UserError(f"{run / CHECKPOINT}: does not match {run / RUN} ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0]})") from e
     return agent, info

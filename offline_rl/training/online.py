@@ -18,6 +18,7 @@ curve and the replay buffer, so an interrupted run resumes (`resume=True`) with 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -32,17 +33,16 @@ from offline_rl.envs import make_vector_env
 from offline_rl.training.checkpoint import save_checkpoint
 from offline_rl.training.graphs import GraphedCall, UpdateStep
 from offline_rl.training.progress import ProgressReporter
+from offline_rl.training.run_folder import CHECKPOINT, locked
 from offline_rl.training.seeding import seed_everything
 from offline_rl.training.trainer import (
-    CHECKPOINT,
-    RESULT,
     RunResult,
     _config_dict,
     _TensorBoard,
+    recording,
     restore_checkpoint,
     sync_point,
 )
-from offline_rl.utils.io import atomic_write_json
 
 SNAPSHOTS = "snapshots"
 RESUME_SEED_STRIDE = 1_000_003
@@ -171,6 +171,19 @@ def train_online(algo: Algorithm, env_id: str, steps: int, seed: int = 0, num_en
     replay buffer come back; the envs start fresh episodes (seeded from the step), so a resumed run is a valid
     continuation but not bit-identical to an uninterrupted one.
     """
+    lock = locked(Path(out_dir)) if out_dir is not None else contextlib.nullcontext()
+    with lock:
+        return _train_online(algo, env_id, steps, seed, num_envs, eval_every, eval_episodes, out_dir, start_steps,
+                             updates_per_step, batch_size, buffer_size, snapshot_steps, ckpt_every, log_every,
+                             progress, ref_min_score, ref_max_score, cuda_graphs, time_limit_s, resume)
+
+
+def _train_online(algo: Algorithm, env_id: str, steps: int, seed: int, num_envs: int, eval_every: int,
+                  eval_episodes: int, out_dir: str | Path | None, start_steps: int | None,
+                  updates_per_step: int | None, batch_size: int | None, buffer_size: int | None,
+                  snapshot_steps: Iterable[int], ckpt_every: int | None, log_every: int, progress: bool | None,
+                  ref_min_score: float | None, ref_max_score: float | None, cuda_graphs: bool,
+                  time_limit_s: float | None, resume: bool) -> RunResult:
     cfg = algo.config
     start_steps = getattr(cfg, "start_steps", 0) if start_steps is None else start_steps
     updates_per_step = updates_per_step or getattr(cfg, "updates_per_step", 1)
@@ -202,7 +215,7 @@ def train_online(algo: Algorithm, env_id: str, steps: int, seed: int = 0, num_en
     logger = _TensorBoard(out, purge_step=step + 1 if step else None)
     reporter = ProgressReporter(steps, step, enabled=progress, label=f"online {env_id}")
     t0 = time.perf_counter() - elapsed
-    result.status = "completed"
+    timing = [train_time]
 
     def online_state() -> dict[str, Any]:
         return {"online": {"buffer": buffer.state_dict(), "n_updates": n_updates, "returns": episode_returns[-100:]}}
@@ -212,7 +225,7 @@ def train_online(algo: Algorithm, env_id: str, steps: int, seed: int = 0, num_en
             state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in algo.policy().state_dict().items()}
             save_checkpoint(snapshot_path(out, at), state)
 
-    try:
+    with recording(result, out, t0, reporter, logger, lambda: timing[0]), contextlib.closing(envs):
         first = seed if step == 0 else seed + RESUME_SEED_STRIDE * step  # a resumed run starts fresh episodes
         obs, _ = envs.reset(seed=[first + i for i in range(num_envs)])
         if step == 0:
@@ -247,21 +260,11 @@ def train_online(algo: Algorithm, env_id: str, steps: int, seed: int = 0, num_en
             is_ckpt = step // ckpt_every > prev // ckpt_every or step >= steps
             if step // log_every == prev // log_every and not is_eval and not is_ckpt:
                 continue
-            train_time += time.perf_counter() - t_train
+            timing[0] += time.perf_counter() - t_train
             extra = {"episode_return": float(np.mean(episode_returns[-10:]))} if episode_returns else {}
-            if not sync_point(result, algo, metrics, step, n_updates, train_time, env_id, is_eval, is_ckpt,
+            if not sync_point(result, algo, metrics, step, n_updates, timing[0], env_id, is_eval, is_ckpt,
                               eval_episodes, seed, ref_min_score, ref_max_score, logger, reporter, out,
                               generator, t0, extra, online_state):
                 break
             t_train = time.perf_counter()
-    except KeyboardInterrupt:
-        result.status = "interrupted"
-        raise
-    finally:
-        envs.close()
-        reporter.close()
-        logger.close()
-        result.wall_time_s = time.perf_counter() - t0
-        if out is not None:
-            atomic_write_json(out / RESULT, result.to_dict())
     return result

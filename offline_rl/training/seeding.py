@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from offline_rl.errors import UserError
+
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices). Environments are seeded where they are reset."""
@@ -33,8 +35,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def resolve_device(device: str | None) -> torch.device:
-    """`auto` (or None) picks CUDA when present, else CPU."""
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`auto` (or None) picks CUDA when present, else CPU. A device this machine does not have is a UserError."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise UserError(f"--device '{device}' is not a device: use auto, cpu, cuda or cuda:N") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: CUDA is not available on this machine; use --device cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise UserError(f"--device '{device}': only cpu and cuda are supported")
+    return dev

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,21 +22,36 @@ import torch
 from offline_rl import __version__
 from offline_rl.algos.base import Algorithm
 from offline_rl.data.dataset import Dataset
+from offline_rl.errors import UserError
 from offline_rl.evaluation import evaluate
 from offline_rl.training.checkpoint import load_checkpoint, save_checkpoint
 from offline_rl.training.graphs import UpdateStep
 from offline_rl.training.progress import ProgressReporter
+from offline_rl.training.run_folder import (
+    CHECKPOINT,
+    RESULT,
+    RUN,
+    fingerprint,
+    locked,
+    plan,
+    read_record,
+    run_fields,
+)
 from offline_rl.training.seeding import get_rng_state, set_rng_state
 from offline_rl.utils.io import atomic_write_json
 
-CHECKPOINT = "checkpoint.pt"
-RESULT = "result.json"
 EVAL_SEED_OFFSET = 100  # evaluation episodes use seed + 100 (PRDC's convention), separate from training RNG
+MAX_SEED = 2**32 - 1  # numpy's seed range
 
 
 @dataclass
 class RunResult:
-    """One run's record, written as `result.json`. `final_score` is the last evaluation, `best_score` the best."""
+    """One run's record, written as `result.json`. `final_score` is the last evaluation, `best_score` the best.
+
+    `status` is "running" until the loop ends, then "completed", "diverged" (a non-finite metric), "interrupted"
+    (Ctrl-C), "time_limit" (online runs) or "failed" (an exception, named in `error`). `fingerprint` identifies
+    the run's whole configuration (`offline_rl.training.run_folder`).
+    """
 
     algo: str
     dataset: str
@@ -56,6 +73,8 @@ class RunResult:
     device: str = "cpu"
     version: str = __version__
     status: str = "running"
+    error: str | None = None
+    fingerprint: str | None = None
     step: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     score_labels: dict[str, str] = field(default_factory=lambda: {
@@ -65,26 +84,71 @@ class RunResult:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> RunResult:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in record.items() if k in names})
+
+
+def check_budget(steps: int, seed: int, eval_every: int, eval_episodes: int) -> None:
+    """The run's numbers are in range (UserError naming the option otherwise)."""
+    for name, value, low in (("steps", steps, 1), ("seed", seed, 0), ("eval-every", eval_every, 0),
+                             ("eval-episodes", eval_episodes, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise UserError(f"--{name} must be an integer ≥ {low}, got {value!r}")
+    if seed > MAX_SEED:
+        raise UserError(f"--seed must be at most {MAX_SEED}, got {seed}")
+
 
 def train(algo: Algorithm, dataset: Dataset, steps: int, seed: int = 0, eval_every: int = 5000,
           eval_episodes: int = 10, out_dir: str | Path | None = None, resume: bool = False,
           ckpt_every: int | None = None, log_every: int = 1000, progress: bool | None = None,
-          batch_size: int | None = None, cuda_graphs: bool = True) -> RunResult:
+          batch_size: int | None = None, cuda_graphs: bool = True, overwrite: bool = False) -> RunResult:
     """Train `algo` on `dataset` for `steps` gradient updates and return the run record.
 
-    With `out_dir`, writes TensorBoard logs, atomic checkpoints every `ckpt_every` steps (default: each evaluation)
-    and `result.json`. `resume=True` continues from `out_dir/checkpoint.pt` when it exists. On CUDA, updates of a
-    `graph_safe` algorithm replay from CUDA graphs unless `cuda_graphs=False` (offline_rl.training.graphs).
+    Evaluation runs every `eval_every` updates and at the end, `eval_episodes` episodes each (0: never). With
+    `out_dir`, the run holds the folder's lock while it runs and writes `run.json` (what the run is, with its
+    fingerprint), TensorBoard logs, atomic checkpoints every `ckpt_every` steps (default: each evaluation) and
+    `result.json`. A folder that already holds a run is refused unless it is this very run and `resume=True`
+    (continued from `checkpoint.pt`, or returned as it is when finished) or `overwrite=True` (replaced). On CUDA,
+    updates of a `graph_safe` algorithm replay from CUDA graphs unless `cuda_graphs=False`.
     """
-    out = Path(out_dir) if out_dir is not None else None
+    check_budget(steps, seed, eval_every, eval_episodes)
+    if eval_episodes and dataset.env_id is None:
+        raise UserError(f"{dataset.source or dataset.name}: the dataset names no env to evaluate on; give one "
+                        "(--env ENV_ID for a D4RL-format file) or train without evaluation (--eval-episodes 0)")
+    if out_dir is None:
+        return _train(algo, dataset, steps, seed, eval_every, eval_episodes, None, False, ckpt_every, log_every,
+                      progress, batch_size, cuda_graphs, None)
+    out = Path(out_dir)
+    fields = run_fields(algo.name, _config_dict(algo.config), dataset.source, dataset.content_hash(), steps,
+                        eval_every, eval_episodes, seed + EVAL_SEED_OFFSET, seed)
+    with locked(out):
+        action = plan(out, fields, resume, overwrite)
+        if action == "done":
+            return RunResult.from_dict(read_record(out / RESULT))
+        atomic_write_json(out / RUN, {
+            "algo": algo.name, "config": _config_dict(algo.config), "spec": algo.spec.to_dict(),
+            "dataset_source": dataset.source, "env_id": dataset.env_id, "ref_min_score": dataset.ref_min_score,
+            "ref_max_score": dataset.ref_max_score, "seed": seed, "steps": steps, "eval_every": eval_every,
+            "eval_episodes": eval_episodes, "eval_seed": seed + EVAL_SEED_OFFSET, "fingerprint": fingerprint(fields),
+            "fingerprint_fields": fields})
+        return _train(algo, dataset, steps, seed, eval_every, eval_episodes, out, action == "resume", ckpt_every,
+                      log_every, progress, batch_size, cuda_graphs, fingerprint(fields))
+
+
+def _train(algo: Algorithm, dataset: Dataset, steps: int, seed: int, eval_every: int, eval_episodes: int,
+           out: Path | None, resume: bool, ckpt_every: int | None, log_every: int, progress: bool | None,
+           batch_size: int | None, cuda_graphs: bool, run_fingerprint: str | None) -> RunResult:
     dataset = dataset.to(algo.device)
     batch_size = batch_size or getattr(algo.config, "batch_size", 256)
+    eval_every = eval_every if eval_episodes else 0
     ckpt_every = ckpt_every or eval_every or steps
     summary = dataset.summary()
     result = RunResult(algo=algo.name, dataset=dataset.name or dataset.source, dataset_source=dataset.source,
                        dataset_label=dataset.label, behavior_score=summary["normalized_return_mean"], seed=seed,
                        steps=steps, eval_every=eval_every, eval_episodes=eval_episodes,
-                       config=_config_dict(algo.config), device=str(algo.device))
+                       config=_config_dict(algo.config), device=str(algo.device), fingerprint=run_fingerprint)
 
     algo.configure_schedule(steps)
     algo.prepare(dataset)
@@ -99,9 +163,8 @@ def train(algo: Algorithm, dataset: Dataset, steps: int, seed: int = 0, eval_eve
     reporter = ProgressReporter(steps, start, enabled=progress)
     t0 = time.perf_counter() - elapsed
     metrics: dict[str, torch.Tensor] = {}
-    result.status = "completed"
-    step = start
-    try:
+    timing = [train_time]
+    with recording(result, out, t0, reporter, logger, lambda: timing[0]):
         t_train = time.perf_counter()
         for step in range(start + 1, steps + 1):
             metrics = update(step)
@@ -109,33 +172,60 @@ def train(algo: Algorithm, dataset: Dataset, steps: int, seed: int = 0, eval_eve
             is_ckpt = step % ckpt_every == 0 or step == steps
             if step % log_every and not is_eval and not is_ckpt:
                 continue
-            train_time += time.perf_counter() - t_train
-            if not sync_point(result, algo, metrics, step, step, train_time, dataset.env_id, is_eval, is_ckpt,
+            timing[0] += time.perf_counter() - t_train
+            if not sync_point(result, algo, metrics, step, step, timing[0], dataset.env_id, is_eval, is_ckpt,
                               eval_episodes, seed, dataset.ref_min_score, dataset.ref_max_score, logger, reporter,
                               out, generator, t0):
                 break
             t_train = time.perf_counter()
+    return result
+
+
+@contextmanager
+def recording(result: RunResult, out: Path | None, t0: float, reporter: ProgressReporter, logger: _TensorBoard,
+              train_time: Callable[[], float]) -> Iterator[None]:
+    """Run a training loop's body and always leave a true record: "completed" only when the loop ran to its end
+    (a status set inside, such as "diverged", is kept), "interrupted" on Ctrl-C, "failed" with the error on any
+    other exception (which propagates). `result.json` is written last, whatever happened."""
+    try:
+        yield
+        if result.status == "running":
+            result.status = "completed"
     except KeyboardInterrupt:
         result.status = "interrupted"
+        raise
+    except BaseException as e:
+        result.status, result.error = "failed", f"{type(e).__name__}: {e}"
         raise
     finally:
         reporter.close()
         logger.close()
         result.wall_time_s = time.perf_counter() - t0
-        _summarise(result, train_time, result.step)
+        _summarise(result, train_time(), result.step)
         if out is not None:
-            atomic_write_json(out / RESULT, result.to_dict())
-    return result
+            try:
+                atomic_write_json(out / RESULT, result.to_dict())
+            except OSError as e:  # a full disk must not hide the run's own error
+                print(f"could not write {out / RESULT}: {e}", file=sys.stderr)
+                if result.status != "failed":
+                    raise
 
 
 def restore_checkpoint(path: Path, algo: Algorithm, generator: torch.Generator, result: RunResult) -> dict[str, Any]:
     """Load a checkpoint written by `sync_point` back into `algo`, the RNGs, the sampler and `result.curve`;
-    returns the whole state (step, elapsed, train_time and any loop-specific entries)."""
+    returns the whole state (step, elapsed, train_time and any loop-specific entries). A truncated or foreign
+    checkpoint is a UserError naming the file."""
     state = load_checkpoint(path, algo.device)
-    algo.load_state_dict(state["algo"])
-    set_rng_state(state["rng"])
-    generator.set_state(state["sampler_rng"])
-    result.curve = state["curve"]
+    try:
+        algo.load_state_dict(state["algo"])
+        set_rng_state(state["rng"])
+        generator.set_state(state["sampler_rng"])
+        result.curve = state["curve"]
+        for key in ("step", "elapsed", "train_time"):
+            state[key]  # noqa: B018 - present in every checkpoint of this run
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise UserError(f"{path}: not a checkpoint of this run ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                        "delete it or pass --overwrite to start again") from e
     return state
 
 

@@ -1,4 +1,7 @@
-"""Atomic file writes: write to a temporary file in the same folder, fsync, then rename into place."""
+"""Atomic file writes: write to a temporary file in the same folder, fsync, then rename into place.
+
+The file gets the mode a plain `open(path, "w")` would give it (0o666 minus the umask), not mkstemp's 0o600.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
@@ -25,6 +29,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def current_umask() -> int:
+    """The process umask (read from /proc where it can be, else by setting and restoring it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
