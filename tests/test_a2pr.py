@@ -104,21 +104,21 @@ def a2pr_after_one_update(mask: float = 1.0):
     data = random_dataset()
     algo = algos.make("a2pr", data.spec, {**SMALL, "mask": mask}, seed=0)
     algo.prepare(data)
-    algo.update(data.sample(64, torch.Generator().manual_seed(0)), 1)
-    return algo, algo.normalize(data.sample(64, torch.Generator().manual_seed(0)))
+    _, ctx = algo.run_phases(data.sample(64, torch.Generator().manual_seed(0)), 1)  # critic, V, VAE
+    return algo, ctx
 
 
 def test_weights_in_the_algorithm_lie_in_zero_or_mask():
-    algo, batch = a2pr_after_one_update(mask=0.7)
-    _, weight = algo.bc_target(batch, algo.actor(batch.observations))
+    algo, ctx = a2pr_after_one_update(mask=0.7)
+    _, weight, _ = algo.bc_target(ctx, algo.actor(ctx["batch"].observations))
     assert weight.shape == (64, 1) and set(weight.unique().tolist()) <= {0.0, torch.tensor(0.7).item()}
 
 
 def test_gradient_flows_through_the_undetached_target():
-    algo, batch = a2pr_after_one_update()
+    algo, ctx = a2pr_after_one_update()
     torch.manual_seed(3)
-    pi = algo.actor(batch.observations)
-    target, weight = algo.bc_target(batch, pi)
+    pi = algo.actor(ctx["batch"].observations)
+    target, weight, _ = algo.bc_target(ctx, pi)
     assert target.requires_grad and float(weight.sum()) > 0
     params = list(algo.actor.parameters())
     attached = torch.autograd.grad((weight * (pi - target).pow(2)).mean(), params, retain_graph=True)

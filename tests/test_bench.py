@@ -45,20 +45,23 @@ BOOM = "td3_bc"
 
 def fake_run(algo: str, dataset: str, seed: int, steps: int, eval_every: int | None, eval_episodes: int | None,
              out_dir: Path, device: str = "cpu", overrides: dict | None = None, resume: bool = False,
-             progress: bool | None = None, overwrite: bool = False) -> dict:
-    """A picklable stand-in for run_experiment that resolves the run as it does but trains nothing: td3_bc fails,
-    the others write run.json (with the run's fingerprint) and a completed result."""
+             progress: bool | None = None, overwrite: bool = False, seeds: list[int] | None = None) -> list[dict]:
+    """A picklable stand-in for run_experiment that resolves each seed's run as it does but trains nothing:
+    td3_bc fails, the others write run.json (with the run's fingerprint) and a completed result per seed."""
     from offline_rl.training.experiment import resolve_run
 
-    run = resolve_run(algo, dataset, seed, steps, eval_every, eval_episodes, device, overrides)
-    out_dir = Path(out_dir)
-    atomic_write_json(out_dir / "run.json", {"fingerprint": run.fingerprint, "fingerprint_fields": run.fields()})
-    if algo == BOOM:
-        raise RuntimeError(f"boom on seed {seed}")
-    record = make_record(algo, dataset, seed, [10.0 * seed, 20.0 * seed], steps=steps)
-    record.update(threads=os.environ.get("OMP_NUM_THREADS"), fingerprint=run.fingerprint, overwrite=overwrite)
-    atomic_write_json(out_dir / "result.json", record)
-    return record
+    records = []
+    for s in seeds or [seed]:
+        run = resolve_run(algo, dataset, s, steps, eval_every, eval_episodes, device, overrides)
+        folder = Path(out_dir) / f"seed{s}" if seeds else Path(out_dir)
+        atomic_write_json(folder / "run.json", {"fingerprint": run.fingerprint, "fingerprint_fields": run.fields()})
+        if algo == BOOM:
+            raise RuntimeError(f"boom on seed {s}")
+        record = make_record(algo, dataset, s, [10.0 * s, 20.0 * s], steps=steps)
+        record.update(threads=os.environ.get("OMP_NUM_THREADS"), fingerprint=run.fingerprint, overwrite=overwrite)
+        atomic_write_json(folder / "result.json", record)
+        records.append(record)
+    return records
 
 
 class CountingRun:
@@ -158,7 +161,9 @@ def test_suite_not_toml_or_unknown_name(tmp_path):
 def test_completed_runs_are_skipped_and_unfinished_resumed(tmp_path, capsys):
     run = CountingRun()
     assert run_suite(tiny_suite(), tmp_path, run_fn=run) == []
-    assert len(run.calls) == 4 and all(c["resume"] is True for c in run.calls)
+    # One call per cell (algorithm, dataset): its seeds train together in one process.
+    assert [(c["algo"], c["seeds"]) for c in run.calls] == [("bc", [0, 1]), ("iql", [0, 1])]
+    assert all(c["resume"] is True for c in run.calls)
     assert read_json(tmp_path / "iql/pendulum-medium/seed1/result.json")["seed"] == 1
     assert (tmp_path / "suite.json").exists()
     assert "done: 4 completed" in capsys.readouterr().err
@@ -170,7 +175,7 @@ def test_completed_runs_are_skipped_and_unfinished_resumed(tmp_path, capsys):
     path = tmp_path / "bc/pendulum-medium/seed1/result.json"
     atomic_write_json(path, {**read_json(path), "status": "interrupted"})
     run_suite(tiny_suite(), tmp_path, run_fn=run, progress=False)
-    assert [(c["algo"], c["seed"], c["resume"]) for c in run.calls] == [("bc", 1, True)]
+    assert [(c["algo"], c["seeds"], c["resume"]) for c in run.calls] == [("bc", [1], True)]
 
 
 @pytest.mark.parametrize("change", [{"steps": 200}, {"steps": 50}, {"eval_episodes": 3}, {"eval_every": 25},
@@ -212,10 +217,11 @@ def test_a_suite_is_checked_whole_before_any_run(tmp_path):
 
 def test_failed_run_does_not_stop_the_others(tmp_path, caplog):
     failures = run_suite(tiny_suite(algos=(BOOM, "bc")), tmp_path, run_fn=fake_run, progress=False)
+    # The cell's seeds train together, so the exception stops both: each is a failure with the cell's error.
     assert [(f["run"], f["error"]) for f in failures] == [
         ("td3_bc/pendulum-medium/seed0", "RuntimeError: boom on seed 0"),
-        ("td3_bc/pendulum-medium/seed1", "RuntimeError: boom on seed 1")]
-    assert "boom on seed 1" in (tmp_path / "td3_bc/pendulum-medium/seed1/error.log").read_text()
+        ("td3_bc/pendulum-medium/seed1", "RuntimeError: boom on seed 0")]
+    assert "boom on seed 0" in (tmp_path / "td3_bc/pendulum-medium/seed1/error.log").read_text()
     assert not (tmp_path / "td3_bc/pendulum-medium/seed1/result.json").exists()
     assert [read_json(tmp_path / f"bc/pendulum-medium/seed{s}/result.json")["status"] for s in (0, 1)] == [
         "completed", "completed"]

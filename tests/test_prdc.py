@@ -150,32 +150,36 @@ def prdc_setup(backend: str, beta: float = 2.0, k: int = 1, n: int = 2000) -> tu
 @pytest.mark.parametrize("backend", ["kdtree", "brute"])
 def test_target_is_the_bruteforce_nearest_dataset_action(backend):
     algo, data, batch, pi = prdc_setup(backend)
-    target, weight = algo.bc_target(batch, pi)
+    target, distance = algo.constraint_target(batch.observations, pi)
     states = (data.observations - algo.normalizer.mean) / algo.normalizer.std
     points = torch.cat([2.0 * states, data.actions], 1)
     dist, idx = exact_kth(points, torch.cat([2.0 * batch.observations, pi.detach()], 1))
-    assert torch.equal(target, data.actions[idx]) and weight == 1.0
+    assert torch.equal(target, data.actions[idx])
     assert not target.requires_grad
-    torch.testing.assert_close(algo.bc_metrics["nn_distance"], dist.mean().float())
+    torch.testing.assert_close(distance.mean().float(), dist.mean().float())
+    # The update's own path (key phase, host search, actor phase) picks the same target, with weight 1.
+    _, ctx = algo.run_phases(data.sample(64, torch.Generator().manual_seed(1)), 2)
+    assert torch.equal(ctx["nn_target"], target)
+    assert algo.bc_target(ctx, pi)[1] == 1.0
 
 
 @pytest.mark.parametrize("backend", ["kdtree", "brute"])
 def test_beta_limits(backend):
     """β → 0: the dataset action nearest to π(s), whatever the state; β → ∞: the sample's own action (BC)."""
     algo, data, batch, pi = prdc_setup(backend, beta=1e-6)
-    target, _ = algo.bc_target(batch, pi)
+    target, _ = algo.constraint_target(batch.observations, pi)
     nearest_action = torch.cdist(pi.detach().double(), data.actions.double()).argmin(1)
     assert torch.equal(target, data.actions[nearest_action])
 
     algo, data, batch, pi = prdc_setup(backend, beta=1e6)
-    target, _ = algo.bc_target(batch, pi)
+    target, _ = algo.constraint_target(batch.observations, pi)
     assert torch.equal(target, batch.actions)
 
 
 @pytest.mark.parametrize("backend", ["kdtree", "brute"])
 def test_k2_is_the_second_neighbour_only(backend):
     algo, data, batch, pi = prdc_setup(backend, k=2)
-    target, _ = algo.bc_target(batch, pi)
+    target, _ = algo.constraint_target(batch.observations, pi)
     states = (data.observations - algo.normalizer.mean) / algo.normalizer.std
     keys = torch.cat([2.0 * batch.observations, pi.detach()], 1)
     points = torch.cat([2.0 * states, data.actions], 1)
@@ -300,8 +304,8 @@ def test_state_dict_round_trip(backend):
     obs = torch.randn(4, data.spec.obs_dim)
     torch.testing.assert_close(clone.policy()(obs), algo.policy()(obs))
     batch = algo.normalize(data.sample(8, torch.Generator().manual_seed(0)))
-    assert torch.equal(clone.bc_target(batch, clone.actor(batch.observations))[0],
-                       algo.bc_target(batch, algo.actor(batch.observations))[0])
+    assert torch.equal(clone.constraint_target(batch.observations, clone.actor(batch.observations))[0],
+                       algo.constraint_target(batch.observations, algo.actor(batch.observations))[0])
 
 
 def test_overlapped_search_gives_the_same_updates():

@@ -13,14 +13,16 @@ V(s) in the VAE indicator and the actor's advantages is the value computed befor
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.nn import functional as F
 
-from offline_rl.algos.base import register
+from offline_rl.algos.base import Phase, PhaseResult, register
 from offline_rl.algos.core import TD3BCBase, TD3BCConfig, td3_backup
-from offline_rl.data.dataset import Batch, Spec
+from offline_rl.data.dataset import Spec
 from offline_rl.nets import ValueNet
 from offline_rl.nets.mlp import ConditionalVAE
 
@@ -51,45 +53,59 @@ class A2PR(TD3BCBase):
         self.vae = ConditionalVAE(spec.obs_dim, spec.act_dim, 2 * spec.act_dim, self.max_action, c.vae_hidden)
         self.add_optimizer("value", self.value.parameters(), c.value_lr)
         self.add_optimizer("vae", self.vae.parameters(), c.vae_lr)
-        self.v_before: torch.Tensor | None = None  # V(s) before this step's V update
-        self.q_data: torch.Tensor | None = None  # Q₁(s, a) after this step's critic update
 
-    def extra_updates(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
-        c = self.config  # official order (`A2PR.train`): critic (base class), V, VAE, then the delayed actor
-        s, a = batch.observations, batch.actions
-        # V regresses on the smaller of the fresh-critic backup and TD3's target y (A2PR.py L136-146).
-        next_action, y = self.backup
+    def extra_phases(self, step: int) -> Iterator[Phase]:
+        # The official order (`A2PR.train`): critic (base class), V, VAE, then the delayed actor.
+        yield Phase(self.value_phase, "value", name="value")
+        yield Phase(self.vae_phase, "vae", name="vae")
+
+    def noise_shapes(self, batch_size: int, step: int) -> dict[str, tuple[int, ...]]:
+        latent = (batch_size, self.vae.latent_dim)
+        shapes = {**super().noise_shapes(batch_size, step), "vae_fit": latent}
+        if step % self.config.policy_freq == 0:
+            shapes["vae_pi"] = latent
+        return shapes
+
+    def value_phase(self, ctx: dict[str, Any]) -> PhaseResult:
+        """V regresses on the smaller of the fresh-critic backup and TD3's target y (A2PR.py L136-146)."""
+        c, batch = self.config, ctx["batch"]
+        next_action, y = ctx["backup"]
         t_q = torch.min(td3_backup(self.critic, batch, next_action, c.discount, batch.rewards), y)
-        v = self.value(s)
+        v = self.value(batch.observations)
         value_loss = F.mse_loss(v, t_q)
-        self.optimize("value", value_loss)
-        self.v_before = v.detach()  # VAE and actor use this pre-step V tensor (the reference reuses `value`)
+        # The VAE and the actor use this pre-step V tensor (the reference reuses `value`).
+        return PhaseResult(value_loss, {"value_loss": value_loss.detach(), "v_mean": v.detach().mean()},
+                           {"v_before": v.detach()})
 
-        # Advantage-filtered VAE ("EPBL"): reconstruct only the dataset actions with Q₁(s, a) > V(s) (L148-163).
+    def vae_phase(self, ctx: dict[str, Any]) -> PhaseResult:
+        """Advantage-filtered VAE ("EPBL"): reconstruct only the dataset actions with Q₁(s, a) > V(s) (L148-163)."""
+        c, batch = self.config, ctx["batch"]
+        s, a = batch.observations, batch.actions
         with torch.no_grad():
-            self.q_data = self.critic.q1(s, a)
-        good = self.q_data > self.v_before
-        vae_loss = filtered_vae_loss(self.vae, s, a, good, c.vae_weight, c.kl_weight)
-        self.optimize("vae", vae_loss)
-        return {"value_loss": value_loss.detach(), "vae_loss": vae_loss.detach(), "v_mean": v.detach().mean(),
-                "good_fraction": good.float().mean()}
+            q_data = self.critic.q1(s, a)
+        good = q_data > ctx["v_before"]
+        eps = self.noise(ctx, "vae_fit", torch.empty(len(s), self.vae.latent_dim, device=s.device))
+        vae_loss = filtered_vae_loss(self.vae, s, a, good, c.vae_weight, c.kl_weight, eps)
+        return PhaseResult(vae_loss, {"vae_loss": vae_loss.detach(), "good_fraction": good.float().mean()},
+                           {"q_data": q_data})
 
-    def bc_target(self, batch: Batch, pi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def bc_target(self, ctx: dict[str, Any], pi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                                        dict[str, torch.Tensor]]:
         """ã = argmax over {a, VAE(s, π(s))} of A(s, ·); weight mask·(1[A(s, ã_π) ≥ 0] ∨ 1[A(s, a) > 0])."""
-        s = batch.observations
-        recon_pi, _, _ = self.vae(s, pi)  # a full encode-sample-decode of π(s), not decode(s) (`self.vae(state, pi)`)
+        s = ctx["batch"].observations
+        eps = self.noise(ctx, "vae_pi", torch.empty(len(s), self.vae.latent_dim, device=s.device))
+        recon_pi, _, _ = self.vae(s, pi, eps)  # a full encode-sample-decode of π(s), not decode(s) (`self.vae(state, pi)`)
         with torch.no_grad():
             q_pi = self.critic.q1(s, recon_pi)
-        target, weight = advantage_guided_target(recon_pi, batch.actions, q_pi, self.q_data, self.v_before,
-                                                 self.config.mask)
-        self.bc_metrics = {"bc_weight_mean": weight.mean()}
-        return target, weight
+        target, weight = advantage_guided_target(recon_pi, ctx["batch"].actions, q_pi, ctx["q_data"],
+                                                 ctx["v_before"], self.config.mask)
+        return target, weight, {"bc_weight_mean": weight.mean()}
 
 
 def filtered_vae_loss(vae: ConditionalVAE, obs: torch.Tensor, act: torch.Tensor, good: torch.Tensor,
-                      vae_weight: float, kl_weight: float) -> torch.Tensor:
+                      vae_weight: float, kl_weight: float, eps: torch.Tensor | None = None) -> torch.Tensor:
     """EPBL: mean(vae_weight · 1[good] · (â − a)²) + kl_weight · KL(N(μ, σ²) ‖ N(0, I)), means over all elements."""
-    recon, mean, std = vae(obs, act)
+    recon, mean, std = vae(obs, act, eps)
     recon_loss = (vae_weight * good.unsqueeze(-1) * (recon - act).pow(2)).mean()
     kl = -0.5 * (1 + std.pow(2).log() - mean.pow(2) - std.pow(2)).mean()
     return recon_loss + kl_weight * kl

@@ -11,8 +11,10 @@ import re
 import tomllib
 import types
 import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -24,6 +26,35 @@ from offline_rl.paths import resource_dir
 
 ENTRY_POINT_GROUP = "offline_rl.algos"
 _REGISTRY: dict[str, type[Algorithm]] = {}
+
+
+class PhaseResult(NamedTuple):
+    """What a phase computed: the loss its optimiser minimises (or, with `grads`, the gradients it applies), the
+    metrics to report, and tensors for the later phases of the same update (the context)."""
+
+    loss: torch.Tensor | None = None
+    metrics: dict[str, torch.Tensor] = {}
+    updates: dict[str, Any] = {}
+    grads: dict[str, torch.Tensor] | None = None  # parameter name (as in `named_parameters`) -> gradient
+
+
+@dataclass
+class Phase:
+    """One step of an update, in order: `fn(ctx)` computes from the context (the batch, the noise draws, what
+    earlier phases left) a `PhaseResult`; `optimizer` (a name in `Algorithm.optimizers`) then steps on its loss or
+    gradients; `after()` does what follows that step in place (Polyak averaging, an LR schedule step).
+
+    A phase computes for one seed: `offline_rl.training.seeds` runs it for many seeds at once under `torch.vmap`,
+    so it must be pure tensor code of the context and the parameters (random draws come from `Algorithm.noise`).
+    A `host` phase instead runs once on the context of all seeds together (a leading seed dimension), outside
+    vmap: for work that is not tensor code, such as a KD-tree query.
+    """
+
+    fn: Callable[[dict[str, Any]], PhaseResult]
+    optimizer: str | None = None
+    after: Callable[[], None] | None = None
+    host: bool = False
+    name: str = field(default="")
 
 
 class Algorithm(nn.Module):
@@ -53,8 +84,52 @@ class Algorithm(nn.Module):
         """Called once before training (and before a checkpoint is loaded) with the run's length, for LR schedules."""
 
     def update(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
-        """One gradient step. Metrics stay tensors (no host sync)."""
-        raise NotImplementedError
+        """One gradient step: the algorithm's `phases(step)` in order. Metrics stay tensors (no host sync).
+
+        An algorithm either defines `phases` (then it also trains many seeds at once, `offline_rl.training.seeds`)
+        or overrides `update` itself."""
+        return self.run_phases(batch, step)[0]
+
+    def run_phases(self, batch: Batch, step: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """`update`, also returning the context the phases left (for inspection and tests)."""
+        ctx: dict[str, Any] = {"batch": batch}
+        metrics: dict[str, torch.Tensor] = {}
+        for phase in self.phases(step):
+            metrics.update(self.run_phase(phase, ctx).metrics)
+        return metrics, ctx
+
+    def run_phase(self, phase: Phase, ctx: dict[str, Any]) -> PhaseResult:
+        """One phase: compute, add its updates to `ctx`, step its optimiser, then its `after`."""
+        result = phase.fn(ctx)
+        ctx.update(result.updates)
+        if phase.optimizer is not None:
+            if result.grads is not None:
+                self.apply_grads(phase.optimizer, result.grads)
+            else:
+                self.optimize(phase.optimizer, result.loss)
+        if phase.after is not None:
+            phase.after()
+        return result
+
+    def phases(self, step: int) -> Iterator[Phase]:
+        """The phases of update `step` (counted from 1), in order."""
+        raise NotImplementedError(f"{type(self).__name__} defines neither phases() nor update()")
+
+    @property
+    def seed_batchable(self) -> bool:
+        """Whether many seeds can train at once in one process (the algorithm defines `phases`)."""
+        return type(self).phases is not Algorithm.phases and type(self).update is Algorithm.update
+
+    def noise_shapes(self, batch_size: int, step: int) -> dict[str, tuple[int, ...]]:
+        """The standard-normal draws one update takes, by name, in the order it takes them."""
+        return {}
+
+    @staticmethod
+    def noise(ctx: dict[str, Any], name: str, like: torch.Tensor) -> torch.Tensor:
+        """A standard-normal draw shaped like `like`: from torch's global generator, or, when many seeds train at
+        once, the draw prepared for this seed (`ctx["noise"]`), so that every seed sees its own stream."""
+        prepared = ctx.get("noise")
+        return prepared[name] if prepared is not None else torch.randn_like(like)
 
     @property
     def update_period(self) -> int:
@@ -77,6 +152,15 @@ class Algorithm(nn.Module):
         opt = self.optimizers[name]
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        opt.step()
+
+    def apply_grads(self, name: str, grads: dict[str, torch.Tensor]) -> None:
+        """Step the optimiser `name` on given gradients (parameter name -> gradient) instead of a loss."""
+        params = dict(self.named_parameters())
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        for key, grad in grads.items():
+            params[key].grad = grad
         opt.step()
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]

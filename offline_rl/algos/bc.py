@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from offline_rl.algos.base import Algorithm, PolicyWithNormalizer, register
+from offline_rl.algos.base import Algorithm, Phase, PhaseResult, PolicyWithNormalizer, register
 from offline_rl.algos.core import StateNormalizer
-from offline_rl.data.dataset import Batch, Dataset, Spec
+from offline_rl.data.dataset import Dataset, Spec
 from offline_rl.nets import DeterministicActor
 
 
@@ -38,11 +40,15 @@ class BC(Algorithm):
         if self.config.normalize_states:
             self.normalizer.fit(dataset)
 
-    def update(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+    def phases(self, step: int) -> Iterator[Phase]:
+        yield Phase(self.bc_phase, "actor", name="bc")
+
+    def bc_phase(self, ctx: dict[str, Any]) -> PhaseResult:
+        """MSE(π(s), a) over batch and action dimensions."""
+        batch = ctx["batch"]
         pi = self.actor(self.normalizer(batch.observations))
         loss = (pi - batch.actions).pow(2).mean()
-        self.optimize("actor", loss)
-        return {"actor_loss": loss.detach()}
+        return PhaseResult(loss, {"actor_loss": loss.detach()})
 
     def policy(self) -> nn.Module:
         return PolicyWithNormalizer(self.normalizer, self.actor)

@@ -5,13 +5,14 @@ loss with its λ normalisation, the expectile and AWR losses, and state normalis
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from offline_rl.algos.base import Algorithm, PolicyWithNormalizer
+from offline_rl.algos.base import Algorithm, Phase, PhaseResult, PolicyWithNormalizer
 from offline_rl.data.dataset import Batch, Dataset, Spec
 from offline_rl.errors import DatasetError
 from offline_rl.nets import DeterministicActor, TwinQ
@@ -75,9 +76,11 @@ def td3bc_lambda(q: torch.Tensor, alpha: float, eps: float = 0.0) -> torch.Tenso
 
 @torch.no_grad()
 def td3_next_action(actor_target: nn.Module, batch: Batch, policy_noise: float, noise_clip: float,
-                    max_action: float) -> torch.Tensor:
-    """TD3's smoothed target action ã′ = clip(π_targ(s′) + clip(ε, −c, c), ±max_action), ε ~ N(0, σ²)."""
-    noise = (torch.randn_like(batch.actions) * policy_noise).clamp(-noise_clip, noise_clip)
+                    max_action: float, normal: torch.Tensor | None = None) -> torch.Tensor:
+    """TD3's smoothed target action ã′ = clip(π_targ(s′) + clip(ε, −c, c), ±max_action), ε = σ·`normal`,
+    `normal` ~ N(0, I) (drawn here when not given)."""
+    normal = torch.randn_like(batch.actions) if normal is None else normal
+    noise = (normal * policy_noise).clamp(-noise_clip, noise_clip)
     return (actor_target(batch.next_observations) + noise).clamp(-max_action, max_action)
 
 
@@ -86,13 +89,6 @@ def td3_backup(critic: TwinQ, batch: Batch, next_action: torch.Tensor, discount:
                rewards: torch.Tensor) -> torch.Tensor:
     """r + γ(1 − d)·min_i Q_i(s′, ã′), no gradient (with the target critic: TD3's y)."""
     return rewards + discount * (1.0 - batch.dones) * critic(batch.next_observations, next_action).min(0).values
-
-
-def td3_target(critic_target: TwinQ, actor_target: nn.Module, batch: Batch, discount: float,
-               policy_noise: float, noise_clip: float, max_action: float, rewards: torch.Tensor) -> torch.Tensor:
-    """y = r + γ(1 − d)·min_i Q_i,targ(s′, clip(π_targ(s′) + clip(ε, −c, c), ±max_action)), ε ~ N(0, σ²)."""
-    next_action = td3_next_action(actor_target, batch, policy_noise, noise_clip, max_action)
-    return td3_backup(critic_target, batch, next_action, discount, rewards)
 
 
 class TD3Backup(NamedTuple):
@@ -125,10 +121,10 @@ class TD3BCConfig:
 class TD3BCBase(Algorithm):
     """TD3 twin critic + delayed actor with loss −λ·mean(Q₁(s, π(s))) + weight·MSE(π(s), target).
 
-    Subclasses change only `bc_target` (PRDC: nearest dataset action; A2PR: advantage-selected action) and may add
-    networks trained in `extra_updates`, which runs after the critic step and before the actor step. Within one
-    update, `self.backup` holds the critic step's (ã′, y) and `bc_target` may put tensors in `self.bc_metrics`,
-    which the actor step reports.
+    One update is the phases critic → `extra_phases` → (on actor steps) actor. Subclasses change only `bc_target`
+    (PRDC: the nearest dataset action; A2PR: the advantage-selected action) and may add phases: `extra_phases`
+    (networks trained after the critic, A2PR's V and VAE) and `search_phases` (work before the critic step on actor
+    steps, PRDC's neighbour search). The critic phase leaves TD3's (ã′, y) in the context as `backup`.
     """
 
     def __init__(self, spec: Spec, config: TD3BCConfig, device: str | torch.device = "cpu") -> None:
@@ -142,8 +138,6 @@ class TD3BCBase(Algorithm):
         self.critic_target = frozen_copy(self.critic)
         self.add_optimizer("actor", self.actor.parameters(), c.actor_lr)
         self.add_optimizer("critic", self.critic.parameters(), c.critic_lr)
-        self.backup: TD3Backup | None = None
-        self.bc_metrics: dict[str, torch.Tensor] = {}
 
     def prepare(self, dataset: Dataset) -> None:
         if self.config.normalize_states:
@@ -157,51 +151,61 @@ class TD3BCBase(Algorithm):
             batch = batch._replace(rewards=batch.rewards * self.config.reward_scale + self.config.reward_shift)
         return batch
 
-    def bc_target(self, batch: Batch, pi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
-        """The behaviour-cloning target and its weight. TD3+BC: the dataset action, weight 1."""
-        return batch.actions, 1.0
+    def bc_target(self, ctx: dict[str, Any], pi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float,
+                                                                        dict[str, torch.Tensor]]:
+        """The behaviour-cloning target, its weight and metrics. TD3+BC: the dataset action, weight 1."""
+        return ctx["batch"].actions, 1.0, {}
 
-    def extra_updates(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
-        """Hook for networks besides actor and critic (A2PR's V and VAE). Runs every step after the critic."""
-        return {}
+    def extra_phases(self, step: int) -> Iterator[Phase]:
+        """Phases after the critic's, every step (A2PR's V and VAE)."""
+        return iter(())
 
-    def before_critic(self, batch: Batch) -> None:
-        """Hook on actor steps, before the critic step, on the normalised batch (PRDC starts its search here)."""
+    def search_phases(self, step: int) -> Iterator[Phase]:
+        """Phases before the critic's, on actor steps only (PRDC starts its neighbour search here)."""
+        return iter(())
 
-    def critic_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        c = self.config
+    def phases(self, step: int) -> Iterator[Phase]:
+        """`step` counts from 1, so the first actor update is at step `policy_freq`."""
+        actor_turn = step % self.config.policy_freq == 0
+        yield Phase(self.normalize_phase, name="normalize")
+        if actor_turn:
+            yield from self.search_phases(step)
+        yield Phase(self.critic_phase, "critic", name="critic")
+        yield from self.extra_phases(step)
+        if actor_turn:
+            yield Phase(self.actor_phase, "actor", after=self.update_targets, name="actor")
+
+    def noise_shapes(self, batch_size: int, step: int) -> dict[str, tuple[int, ...]]:
+        return {"target": (batch_size, self.spec.act_dim)}
+
+    def normalize_phase(self, ctx: dict[str, Any]) -> PhaseResult:
+        return PhaseResult(updates={"batch": self.normalize(ctx["batch"])})
+
+    def critic_phase(self, ctx: dict[str, Any]) -> PhaseResult:
+        c, batch = self.config, ctx["batch"]
+        noise = self.noise(ctx, "target", batch.actions)
         next_action = td3_next_action(self.actor_target, batch, c.policy_noise * self.max_action,
-                                      c.noise_clip * self.max_action, self.max_action)
+                                      c.noise_clip * self.max_action, self.max_action, noise)
         y = td3_backup(self.critic_target, batch, next_action, c.discount, batch.rewards)
-        self.backup = TD3Backup(next_action, y)
         q = self.critic(batch.observations, batch.actions)
         critic_loss = (q - y).pow(2).mean(1).sum()  # MSE(Q1, y) + MSE(Q2, y)
-        self.optimize("critic", critic_loss)
-        return {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
+        return PhaseResult(critic_loss, {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()},
+                           {"backup": TD3Backup(next_action, y)})
 
-    def actor_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def actor_phase(self, ctx: dict[str, Any]) -> PhaseResult:
+        batch = ctx["batch"]
         pi = self.actor(batch.observations)
         q = self.critic.q1(batch.observations, pi)
         lmbda = td3bc_lambda(q, self.config.alpha)
-        target, weight = self.bc_target(batch, pi)
+        target, weight, bc_metrics = self.bc_target(ctx, pi)
         bc_loss = (weight * (pi - target).pow(2)).mean()  # MSE over batch and action dims; weight broadcasts
         actor_loss = -lmbda * q.mean() + bc_loss
-        self.optimize("actor", actor_loss)
+        return PhaseResult(actor_loss, {"actor_loss": actor_loss.detach(), "bc_loss": bc_loss.detach(),
+                                        "lambda": lmbda, **bc_metrics})
+
+    def update_targets(self) -> None:
         soft_update(self.critic_target, self.critic, self.config.tau)
         soft_update(self.actor_target, self.actor, self.config.tau)
-        return {"actor_loss": actor_loss.detach(), "bc_loss": bc_loss.detach(), "lambda": lmbda, **self.bc_metrics}
-
-    def update(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
-        """One TD3 iteration; `step` counts from 1, so the first actor update is at step `policy_freq`."""
-        batch = self.normalize(batch)
-        actor_turn = step % self.config.policy_freq == 0
-        if actor_turn:
-            self.before_critic(batch)
-        metrics = self.critic_step(batch)
-        metrics.update(self.extra_updates(batch, step))
-        if actor_turn:
-            metrics.update(self.actor_step(batch))
-        return metrics
 
     @property
     def update_period(self) -> int:

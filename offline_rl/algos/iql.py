@@ -12,12 +12,14 @@ r ← r·T/(max − min) with the return range of `Dataset.chunked_return_range(
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from offline_rl.algos.base import Algorithm, PolicyWithNormalizer, register
+from offline_rl.algos.base import Algorithm, Phase, PhaseResult, PolicyWithNormalizer, register
 from offline_rl.algos.core import (
     StateNormalizer,
     awr_weights,
@@ -26,7 +28,7 @@ from offline_rl.algos.core import (
     return_range_multiplier,
     soft_update,
 )
-from offline_rl.data.dataset import Batch, Dataset, Spec
+from offline_rl.data.dataset import Dataset, Spec
 from offline_rl.nets import DeterministicActor, GaussianActor, TwinQ, ValueNet
 
 
@@ -79,39 +81,53 @@ class IQL(Algorithm):
         if self.config.normalize_reward:
             self.reward_multiplier.fill_(return_range_multiplier(dataset, self.config.max_episode_steps))
 
-    def update(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
-        c = self.config
+    @property
+    def vmap_randomness(self) -> str:
+        """Dropout draws inside the phases: with many seeds at once they come from torch's generator, so a seed is
+        then not bit-equal to its single-seed run (CORL uses dropout on Adroit only)."""
+        return "different" if self.config.actor_dropout else "error"
+
+    def phases(self, step: int) -> Iterator[Phase]:
+        yield Phase(self.value_phase, "vf", name="value")
+        yield Phase(self.q_phase, "qf", after=lambda: soft_update(self.qf_target, self.qf, self.config.tau), name="q")
+        yield Phase(self.policy_phase, "actor", after=self.step_schedule, name="policy")
+
+    def value_phase(self, ctx: dict[str, Any]) -> PhaseResult:
+        """V: expectile regression towards the target critic; V(s′) for the Q step is taken before it."""
+        batch = ctx["batch"]
         obs, next_obs = self.normalizer(batch.observations), self.normalizer(batch.next_observations)
-        rewards = batch.rewards * self.reward_multiplier + c.reward_shift
         with torch.no_grad():
             next_v = self.vf(next_obs)
             target_q = self.qf_target(obs, batch.actions).min(0).values
-
-        # V step: expectile regression towards the target critic.
         advantage = target_q - self.vf(obs)
-        v_loss = expectile_loss(advantage, c.expectile)
-        self.optimize("vf", v_loss)
+        v_loss = expectile_loss(advantage, self.config.expectile)
+        return PhaseResult(v_loss, {"v_loss": v_loss.detach(), "advantage_mean": advantage.detach().mean()},
+                           {"obs": obs, "next_v": next_v, "advantage": advantage.detach()})
 
-        # Q step: one-step TD target through V(s′).
-        q_target = rewards + c.discount * (1.0 - batch.dones) * next_v
-        qs = self.qf(obs, batch.actions)
+    def q_phase(self, ctx: dict[str, Any]) -> PhaseResult:
+        """Q: the one-step TD target through V(s′)."""
+        c, batch = self.config, ctx["batch"]
+        rewards = batch.rewards * self.reward_multiplier + c.reward_shift
+        q_target = rewards + c.discount * (1.0 - batch.dones) * ctx["next_v"]
+        qs = self.qf(ctx["obs"], batch.actions)
         q_loss = (qs - q_target).pow(2).mean(1).mean()
-        self.optimize("qf", q_loss)
-        soft_update(self.qf_target, self.qf, c.tau)
+        return PhaseResult(q_loss, {"q_loss": q_loss.detach()})
 
-        # Policy step: advantage-weighted regression on the (normalised) dataset action.
-        weights = awr_weights(advantage, c.beta, c.max_weight)
-        actions = batch.actions / self.actor.max_action
+    def policy_phase(self, ctx: dict[str, Any]) -> PhaseResult:
+        """π: advantage-weighted regression on the (normalised) dataset action."""
+        c, obs = self.config, ctx["obs"]
+        weights = awr_weights(ctx["advantage"], c.beta, c.max_weight)
+        actions = ctx["batch"].actions / self.actor.max_action
         if c.deterministic_actor:
             bc_loss = (self.actor(obs) / self.actor.max_action - actions).pow(2).sum(-1)
         else:
             bc_loss = -self.actor.dist(obs).log_prob(actions).sum(-1)
         actor_loss = (weights * bc_loss).mean()
-        self.optimize("actor", actor_loss)
+        return PhaseResult(actor_loss, {"actor_loss": actor_loss.detach()})
+
+    def step_schedule(self) -> None:
         if "actor" in self.schedulers:
             self.schedulers["actor"].step()
-        return {"v_loss": v_loss.detach(), "q_loss": q_loss.detach(), "actor_loss": actor_loss.detach(),
-                "advantage_mean": advantage.detach().mean()}
 
     def policy(self) -> nn.Module:
         return PolicyWithNormalizer(self.normalizer, self.actor)

@@ -16,14 +16,17 @@ The policy is weighted behaviour cloning, L_π = mean(w · −log π(a|s)) with 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
-from offline_rl.algos.base import Algorithm, PolicyWithNormalizer, register
+from offline_rl.algos.base import Algorithm, Phase, PhaseResult, PolicyWithNormalizer, register
 from offline_rl.algos.core import StateNormalizer, frozen_copy, return_range_multiplier, soft_update
-from offline_rl.data.dataset import Batch, Dataset, Spec
+from offline_rl.data.dataset import Dataset, Spec
 from offline_rl.errors import ConfigError
 from offline_rl.nets import EnsembleMLP
 from offline_rl.nets.mlp import GaussianActor
@@ -61,13 +64,18 @@ def f_star(x: torch.Tensor) -> torch.Tensor:
     return x * w - (w - 1).pow(2)
 
 
+def orthogonal_combination(g_f: torch.Tensor, g_b: torch.Tensor) -> torch.Tensor:
+    """g = g_f + (g_b − c·g_f), c = ⟨g_f, g_b⟩ / max(‖g_f‖², 1e-10), on flattened gradients."""
+    c = torch.dot(g_f, g_b) / torch.dot(g_f, g_f).clamp(min=1e-10)  # the guard: f* is flat for x < −2
+    return g_f + (g_b - c * g_f)
+
+
 def orthogonal_gradient(forward_loss: torch.Tensor, backward_loss: torch.Tensor,
                         params: list[nn.Parameter]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """g = g_f + (g_b − c·g_f) over the flattened gradient of all `params`. Returns (g, g_f, g_b)."""
+    """g = g_f + (g_b − c·g_f) over the flattened gradient of all `params` (autograd). Returns (g, g_f, g_b)."""
     g_f = torch.cat([g.reshape(-1) for g in torch.autograd.grad(forward_loss, params, retain_graph=True)])
     g_b = torch.cat([g.reshape(-1) for g in torch.autograd.grad(backward_loss, params, retain_graph=True)])
-    c = torch.dot(g_f, g_b) / torch.dot(g_f, g_f).clamp(min=1e-10)  # the guard: f* is flat for x < −2
-    return g_f + (g_b - c * g_f), g_f, g_b
+    return orthogonal_combination(g_f, g_b), g_f, g_b
 
 
 @register("odice")
@@ -106,53 +114,83 @@ class ODICE(Algorithm):
         """Every twin's V(s): [n, B]."""
         return net(obs).squeeze(-1)
 
-    def value_step(self, obs: torch.Tensor, next_obs: torch.Tensor, rewards: torch.Tensor,
-                   not_done: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One V update in the configured mode. Returns the residual that weights the policy, [n, B]."""
+    def phases(self, step: int) -> Iterator[Phase]:
+        yield Phase(self.prepare_phase, name="prepare")
+        yield Phase(self.value_phase, "value", after=lambda: soft_update(self.vf_target, self.vf, self.config.tau),
+                    name="value")
+        yield Phase(self.policy_phase, "actor", name="policy")
+
+    def prepare_phase(self, ctx: dict[str, Any]) -> PhaseResult:
+        batch = ctx["batch"]
+        return PhaseResult(updates={"obs": self.normalizer(batch.observations),
+                                    "next_obs": self.normalizer(batch.next_observations),
+                                    "rewards": self.shape_rewards(batch.rewards), "not_done": 1.0 - batch.dones})
+
+    def value_phase(self, ctx: dict[str, Any]) -> PhaseResult:
+        """One V update in the configured mode; leaves the residual that weights the policy, [n, B]."""
         c = self.config
-        lam, disc = c.Lambda, c.discount * not_done
-        v = self.values(self.vf, obs)
-        opt = self.optimizers["value"]
-        opt.zero_grad(set_to_none=True)
-        if c.mode == "orthogonal_true_g":
-            with torch.no_grad():  # V_targ(x) is the minimum over the target twins
-                target_v = self.values(self.vf_target, obs).min(0).values
-                target_v_next = self.values(self.vf_target, next_obs).min(0).values
-            v_next = self.values(self.vf, next_obs)
-            residual = rewards + disc * target_v_next - v  # forward: through −V(s)
-            backward_residual = rewards + disc * v_next - target_v  # backward: through γV(s′)
-            params = list(self.vf.parameters())
-            g, g_f, g_b = orthogonal_gradient((lam * f_star(residual)).mean(),
-                                              (lam * c.eta * f_star(backward_residual)).mean(), params)
-            ((1 - lam) * v).mean().backward()
-            offset = 0
-            for p in params:  # write the projected gradient into .grad, on top of ∇(1 − λ)·mean V(s)
-                p.grad.add_(g[offset:offset + p.numel()].view_as(p))
-                offset += p.numel()
-            extra = {"grad_cos": torch.dot(g_f, g_b) / (g_f.norm() * g_b.norm()).clamp(min=1e-12)}
-        else:
+        obs, next_obs, rewards = ctx["obs"], ctx["next_obs"], ctx["rewards"]
+        lam, disc = c.Lambda, c.discount * ctx["not_done"]
+        if c.mode != "orthogonal_true_g":
+            v = self.values(self.vf, obs)
             if c.mode == "true_g":  # full gradient through both V(s) and V(s′)
                 next_v = self.values(self.vf, next_obs)
             else:  # semi_g: V(s′) from the target network
                 with torch.no_grad():
                     next_v = self.values(self.vf_target, next_obs).min(0).values
             residual = rewards + disc * next_v - v
-            ((1 - lam) * v + lam * f_star(residual)).mean().backward()
-            extra = {}
-        opt.step()
-        soft_update(self.vf_target, self.vf, c.tau)
-        return residual.detach(), {"v_mean": v.detach().mean(), "residual_mean": residual.detach().mean(), **extra}
+            loss = ((1 - lam) * v + lam * f_star(residual)).mean()
+            return PhaseResult(loss, self._value_metrics(v, residual), {"residual": residual.detach()})
+        with torch.no_grad():  # V_targ(x) is the minimum over the target twins
+            target_v = self.values(self.vf_target, obs).min(0).values
+            target_v_next = self.values(self.vf_target, next_obs).min(0).values
 
-    def update(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
-        obs, next_obs = self.normalizer(batch.observations), self.normalizer(batch.next_observations)
-        residual, metrics = self.value_step(obs, next_obs, self.shape_rewards(batch.rewards), 1.0 - batch.dones)
+        def losses(params: dict[str, torch.Tensor]) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+            v = functional_call(self.vf, params, (obs,)).squeeze(-1)
+            v_next = functional_call(self.vf, params, (next_obs,)).squeeze(-1)
+            residual = rewards + disc * target_v_next - v  # forward: through −V(s)
+            backward_residual = rewards + disc * v_next - target_v  # backward: through γV(s′)
+            terms = ((1 - lam) * v).mean(), (lam * f_star(residual)).mean(), (lam * c.eta * f_star(backward_residual)).mean()
+            return terms, (v.detach(), residual.detach())
 
-        # Weighted BC with the reference's f′⁻¹ for χ²: the positive part of the residual (not δ/2 + 1), clipped.
-        weight = residual.clamp(min=0.0, max=self.config.max_weight)  # [n, B]: averages over the twins' residuals
-        log_prob = self.actor.dist(obs).log_prob(batch.actions / self.actor.max_action).sum(-1)
+        params = dict(self.vf.named_parameters())
+        terms, pullback, (v, residual) = torch.func.vjp(losses, params, has_aux=True)
+        g_v, g_f, g_b = (_flat(pullback(_one_hot(terms, i))[0]) for i in range(3))
+        g = g_v + orthogonal_combination(g_f, g_b)  # ∇(1 − λ)·mean V(s) plus the projected residual gradient
+        grads, offset = {}, 0
+        for name, p in params.items():
+            grads[f"vf.{name}"] = g[offset:offset + p.numel()].view_as(p).detach()
+            offset += p.numel()
+        cos = (torch.dot(g_f, g_b) / (g_f.norm() * g_b.norm()).clamp(min=1e-12)).detach()
+        return PhaseResult(None, {**self._value_metrics(v, residual), "grad_cos": cos}, {"residual": residual},
+                           grads)
+
+    @staticmethod
+    def _value_metrics(v: torch.Tensor, residual: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"v_mean": v.detach().mean(), "residual_mean": residual.detach().mean()}
+
+    def policy_phase(self, ctx: dict[str, Any]) -> PhaseResult:
+        """Weighted BC with the reference's f′⁻¹ for χ²: the positive part of the residual (not δ/2 + 1), clipped."""
+        weight = ctx["residual"].clamp(min=0.0, max=self.config.max_weight)  # [n, B]: averages over the twins
+        log_prob = self.actor.dist(ctx["obs"]).log_prob(ctx["batch"].actions / self.actor.max_action).sum(-1)
         policy_loss = (weight * -log_prob).mean()
-        self.optimize("actor", policy_loss)
-        return {**metrics, "policy_loss": policy_loss.detach(), "weight_mean": weight.mean()}
+        return PhaseResult(policy_loss, {"policy_loss": policy_loss.detach(), "weight_mean": weight.mean()})
+
+    def value_step(self, obs: torch.Tensor, next_obs: torch.Tensor, rewards: torch.Tensor,
+                   not_done: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One V update on given (normalised) tensors, as the update's value phase. Returns (residual, metrics)."""
+        value = next(p for p in self.phases(1) if p.name == "value")
+        result = self.run_phase(value, {"obs": obs, "next_obs": next_obs, "rewards": rewards, "not_done": not_done})
+        return result.updates["residual"], result.metrics
 
     def policy(self) -> nn.Module:
         return PolicyWithNormalizer(self.normalizer, self.actor)
+
+
+def _flat(grads: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat([g.reshape(-1) for g in grads.values()])
+
+
+def _one_hot(terms: tuple[torch.Tensor, ...], i: int) -> tuple[torch.Tensor, ...]:
+    """The cotangent that pulls back the i-th of `terms` alone."""
+    return tuple(torch.ones_like(t) if j == i else torch.zeros_like(t) for j, t in enumerate(terms))

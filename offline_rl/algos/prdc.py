@@ -13,15 +13,16 @@ r′ = scale·r + shift at sampling time (the reward, per the reference's fix 5c
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from offline_rl.algos.base import register
+from offline_rl.algos.base import Phase, PhaseResult, register
 from offline_rl.algos.core import TD3BCBase, TD3BCConfig
 from offline_rl.algos.nn_search import BACKENDS, NeighborSearch, build_search
-from offline_rl.data.dataset import Batch, Dataset, Spec
+from offline_rl.data.dataset import Dataset, Spec
 from offline_rl.errors import ConfigError
 
 
@@ -59,26 +60,53 @@ class PRDC(TD3BCBase):
         self.search = build_search(points, c.nn_backend, c.nn_chunk_size, c.nn_candidates,
                                    state_dim=self.spec.obs_dim, cache=c.nn_cache)
 
-    def before_critic(self, batch: Batch) -> None:
-        """With `nn_overlap`, the actor step's search starts here, on a second thread, and runs while the critic
-        trains: the actor, hence π(s), does not change before the actor step."""
-        if self.config.nn_overlap and self.search is not None and self.search.overlaps:
-            with torch.no_grad():
-                pi = self.actor(batch.observations)
-            self.pending_search = self.search.submit(self.search_key(batch.observations, pi), self.config.k)
+    def search_phases(self, step: int) -> Iterator[Phase]:
+        """The key (β·s, π(s)) from the actor before the critic step, then the search: started at once on a
+        second thread with `nn_overlap` (it runs while the critic trains: the actor, hence π(s), does not change
+        before the actor step), else at the actor step. The search is a host phase: one query for all seeds."""
+        yield Phase(self.key_phase, name="search_key")
+        yield Phase(self.search_start, host=True, name="search_start")
+
+    def key_phase(self, ctx: dict[str, Any]) -> PhaseResult:
+        with torch.no_grad():
+            pi = self.actor(ctx["batch"].observations)
+        return PhaseResult(updates={"search_key": self.search_key(ctx["batch"].observations, pi)})
+
+    def search_start(self, ctx: dict[str, Any]) -> PhaseResult:
+        if self.search is None:
+            raise RuntimeError("PRDC needs prepare(dataset) to build its neighbour index before training")
+        key = ctx["search_key"]
+        flat = key.reshape(-1, key.shape[-1])  # every seed's keys in one query (one seed: unchanged)
+        if self.config.nn_overlap and self.search.overlaps:
+            pending = self.search.submit(flat, self.config.k)
+        else:
+            found = self.search.query(flat, self.config.k)
+            pending = lambda: found  # noqa: E731 - the same interface as a submitted search
+        self.pending_search = lambda: tuple(x.reshape(key.shape[:-1]) for x in pending())
+        return PhaseResult()
+
+    def extra_phases(self, step: int) -> Iterator[Phase]:
+        if step % self.config.policy_freq == 0:
+            yield Phase(self.search_finish, host=True, name="search_finish")
+
+    def search_finish(self, ctx: dict[str, Any]) -> PhaseResult:
+        pending, self.pending_search = self.pending_search, None
+        distance, index = pending()
+        act_dim = self.spec.act_dim
+        return PhaseResult(metrics={"nn_distance": distance.float().mean(-1)},
+                           updates={"nn_target": self.search.points[index, -act_dim:]})
+
+    def constraint_target(self, states: torch.Tensor, pi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(â, distance): the action of the k-th nearest dataset point to (β·s, π(s)), queried at once."""
+        if self.search is None:
+            raise RuntimeError("PRDC needs prepare(dataset) to build its neighbour index before training")
+        distance, index = self.search.query(self.search_key(states, pi), self.config.k)
+        return self.search.points[index, -self.spec.act_dim:], distance
 
     def search_key(self, states: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
         """(β·s, π(s)), without gradient: the search is not differentiated."""
-        return torch.cat([self.config.beta * states, pi.detach()], dim=1)
+        return torch.cat([self.config.beta * states, pi.detach()], dim=-1)
 
-    def bc_target(self, batch: Batch, pi: torch.Tensor) -> tuple[torch.Tensor, float]:
+    def bc_target(self, ctx: dict[str, Any], pi: torch.Tensor) -> tuple[torch.Tensor, float, dict[str, torch.Tensor]]:
         """The action part of the k-th nearest dataset point to (β·s, π(s)); weight 1."""
-        if self.search is None:
-            raise RuntimeError("PRDC needs prepare(dataset) to build its neighbour index before training")
-        pending, self.pending_search = self.pending_search, None
-        if pending is not None:
-            distance, index = pending()
-        else:
-            distance, index = self.search.query(self.search_key(batch.observations, pi), self.config.k)
-        self.bc_metrics = {"nn_distance": distance.mean()}
-        return self.search.points[index, -pi.shape[1]:], 1.0
+        return ctx["nn_target"], 1.0, {}

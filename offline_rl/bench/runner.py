@@ -154,33 +154,53 @@ def run_suite(suite: Suite, out_dir: str | os.PathLike, runner: str = "local", w
 
     counts: Counter[str] = Counter(skipped=finished)
     failures = []
-    for i, (spec, payload) in enumerate(_execute_all(pending, out_dir, run_fn, runner, workers, progress,
-                                                     address, report, replace), start=1):
-        prefix = f"[{i}/{len(pending)}] {spec.name}"
-        failure = _record(spec, out_dir, payload)
-        if failure is None:
-            counts[payload["result"].get("status", "unknown")] += 1
-            report(f"{prefix}: {_describe(payload['result'])}")
-        else:
-            counts["failed"] += 1
-            failures.append(failure)
-            log.error("%s failed: %s (traceback in %s)", prefix, failure["error"],
-                      Path(failure["run_dir"]) / ERROR_FILE)
+    done = 0
+    for cell, payload in _execute_all(cells(pending), out_dir, run_fn, runner, workers, progress, address, report,
+                                      replace):
+        for spec in cell:
+            done += 1
+            prefix = f"[{done}/{len(pending)}] {spec.name}"
+            seed_payload = {**payload, "result": payload["results"].get(spec.seed)}
+            failure = _record(spec, out_dir, seed_payload)
+            if failure is None:
+                counts[seed_payload["result"].get("status", "unknown")] += 1
+                report(f"{prefix}: {_describe(seed_payload['result'])}")
+            else:
+                counts["failed"] += 1
+                failures.append(failure)
+                log.error("%s failed: %s (traceback in %s)", prefix, failure["error"],
+                          Path(failure["run_dir"]) / ERROR_FILE)
     report(f"suite '{suite.name}' done: " + ", ".join(f"{n} {key}" for key, n in counts.items() if n))
     return failures
 
 
-def _execute_all(specs: list[RunSpec], out_dir: Path, run_fn: RunFn, runner: str, workers: int, progress: bool,
+def cells(specs: list[RunSpec]) -> list[list[RunSpec]]:
+    """The runs grouped by (algorithm, dataset, budget, overrides): the seeds of one configuration, which train
+    together in one process (`offline_rl.training.seeds`). Suite order is kept."""
+    groups: dict[str, list[RunSpec]] = {}
+    for spec in specs:
+        key = repr((spec.algo, spec.dataset, spec.steps, spec.eval_every, spec.eval_episodes, spec.device,
+                    sorted(spec.overrides.items())))
+        groups.setdefault(key, []).append(spec)
+    return list(groups.values())
+
+
+Cell = list[RunSpec]
+
+
+def _execute_all(specs: list[Cell], out_dir: Path, run_fn: RunFn, runner: str, workers: int, progress: bool,
                  address: str | None, report: Callable[[str], None],
-                 replace: set[str]) -> Iterator[tuple[RunSpec, Payload]]:
+                 replace: set[str]) -> Iterator[tuple[Cell, Payload]]:
     """Yield `(spec, payload)` for each run as it finishes, with the chosen runner. Only a sequential run
     shows its own progress bar; parallel runs would draw over each other."""
     if not specs:
         return iter(())
 
-    def kwargs_for(spec: RunSpec) -> dict[str, Any]:
-        return {**spec.kwargs(out_dir), "resume": True, "progress": progress and workers == 1,
-                "overwrite": spec.name in replace}
+    def kwargs_for(cell: Cell) -> dict[str, Any]:
+        first = cell[0]
+        return {**first.kwargs(out_dir), "out_dir": first.run_dir(out_dir).parent,
+                "seeds": [spec.seed for spec in cell], "resume": True, "progress": progress and workers == 1,
+                "overwrite": any(spec.name in replace for spec in cell)}
 
     if runner == "ray":
         return _run_ray(specs, kwargs_for, run_fn, workers, address)
@@ -189,15 +209,15 @@ def _execute_all(specs: list[RunSpec], out_dir: Path, run_fn: RunFn, runner: str
     return _run_pool(specs, kwargs_for, run_fn, workers)
 
 
-def _run_sequential(specs: list[RunSpec], kwargs_for: KwargsFor, run_fn: RunFn,
-                    report: Callable[[str], None]) -> Iterator[tuple[RunSpec, Payload]]:
-    for spec in specs:
-        report(f"running {spec.name}")
-        yield spec, _execute(run_fn, kwargs_for(spec))
+def _run_sequential(specs: list[Cell], kwargs_for: KwargsFor, run_fn: RunFn,
+                    report: Callable[[str], None]) -> Iterator[tuple[Cell, Payload]]:
+    for cell in specs:
+        report(f"running {cell[0].algo}/{cell[0].dataset}, seeds {', '.join(str(s.seed) for s in cell)}")
+        yield cell, _execute(run_fn, kwargs_for(cell))
 
 
-def _run_pool(specs: list[RunSpec], kwargs_for: KwargsFor, run_fn: RunFn,
-              workers: int) -> Iterator[tuple[RunSpec, Payload]]:
+def _run_pool(specs: list[Cell], kwargs_for: KwargsFor, run_fn: RunFn,
+              workers: int) -> Iterator[tuple[Cell, Payload]]:
     """Runs in `workers` spawned processes (spawn: safe with torch and CUDA), one compute thread each."""
     try:
         pickle.dumps(run_fn)
@@ -217,8 +237,8 @@ def _run_pool(specs: list[RunSpec], kwargs_for: KwargsFor, run_fn: RunFn,
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _run_ray(specs: list[RunSpec], kwargs_for: KwargsFor, run_fn: RunFn, workers: int,
-             address: str | None) -> Iterator[tuple[RunSpec, Payload]]:
+def _run_ray(specs: list[Cell], kwargs_for: KwargsFor, run_fn: RunFn, workers: int,
+             address: str | None) -> Iterator[tuple[Cell, Payload]]:
     """One Ray task per run (1 CPU; 1 GPU when the suite's device is CUDA), at most `workers` in flight.
     The result record comes back with the task, so runs on other machines end up in `out_dir` here too."""
     ray = import_ray()
@@ -226,11 +246,11 @@ def _run_ray(specs: list[RunSpec], kwargs_for: KwargsFor, run_fn: RunFn, workers
     if started_here:
         ray.init(address=address)
     todo = iter(specs)
-    in_flight: dict[Any, RunSpec] = {}
+    in_flight: dict[Any, Cell] = {}
 
-    def submit(spec: RunSpec) -> None:
-        gpus = 1 if spec.device.startswith("cuda") else 0
-        in_flight[task.options(num_cpus=1, num_gpus=gpus).remote(run_fn, kwargs_for(spec))] = spec
+    def submit(cell: Cell) -> None:
+        gpus = 1 if cell[0].device.startswith("cuda") else 0
+        in_flight[task.options(num_cpus=1, num_gpus=gpus).remote(run_fn, kwargs_for(cell))] = cell
 
     try:
         task = ray.remote(_execute_single_thread)
@@ -273,17 +293,23 @@ def _limit_threads() -> None:
 
 
 def _execute(run_fn: RunFn, kwargs: dict[str, Any]) -> Payload:
-    """Do one run and return its result record; an exception becomes a failure, so the other runs go on."""
+    """Do one cell (its seeds at once) and return each seed's finished result record (None: the seed failed, or
+    wrote none); an exception becomes the failure of the seeds it stopped, so the other cells go on."""
     try:
         returned = run_fn(**kwargs)
+        payload: Payload = {"error": None, "traceback": None}
     except Exception as e:
-        return _failure(e)
-    result = _read_result(Path(kwargs["out_dir"]) / RESULT_FILE)
-    if result is None and isinstance(returned, dict) and "status" in returned:
-        result = returned
-    if result is None:
-        return {"result": None, "error": f"the run ended without writing {RESULT_FILE}", "traceback": None}
-    return {"result": result, "error": None, "traceback": None}
+        returned, payload = None, _failure(e)
+    records = {r.get("seed"): r for r in (returned if isinstance(returned, list) else [returned])
+               if isinstance(r, dict) and "status" in r}
+    payload["results"] = {}
+    for seed in kwargs["seeds"]:
+        result = _read_result(Path(kwargs["out_dir"]) / f"seed{seed}" / RESULT_FILE) or records.get(seed)
+        finished = result is not None and result.get("status") not in ("failed", "running")
+        payload["results"][seed] = result if finished else None
+    if payload["error"] is None and None in payload["results"].values():
+        payload["error"] = f"the run ended without writing {RESULT_FILE}"
+    return payload
 
 
 def _execute_single_thread(run_fn: RunFn, kwargs: dict[str, Any]) -> Payload:
@@ -293,7 +319,7 @@ def _execute_single_thread(run_fn: RunFn, kwargs: dict[str, Any]) -> Payload:
 
 
 def _failure(e: BaseException) -> Payload:
-    return {"result": None, "error": f"{type(e).__name__}: {e}",
+    return {"results": {}, "error": f"{type(e).__name__}: {e}",
             "traceback": "".join(traceback.format_exception(type(e), e, e.__traceback__))}
 
 

@@ -152,6 +152,8 @@ def train(
                                          "or minari:<id>.")],
     steps: Annotated[int, typer.Option(help="Gradient updates.")] = 100_000,
     seed: Annotated[int, typer.Option(help="Seed for python, numpy, torch and the envs.")] = 0,
+    seeds: Annotated[str | None, typer.Option(help="Several seeds at once in one process, e.g. 0,1,2,3,4: one "
+                                              "folder OUT/seed<S>/ per seed (replaces --seed).")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "auto",
     eval_every: Annotated[int | None, typer.Option(help="Evaluate every N updates (0: only at the end; default: "
                                                    "the preset's protocol for the dataset, else 5000).")] = None,
@@ -175,14 +177,33 @@ def train(
     _check_positive("eval-every", eval_every, allow_zero=True)
     _check_positive("eval-episodes", eval_episodes, allow_zero=True)
     _check_positive("threads", threads, allow_zero=True)
-    out = out or Path("runs") / algo / dataset.replace(":", "_").replace("/", "_") / f"seed{seed}"
-    result = run_experiment(algo, dataset, seed, steps, eval_every, eval_episodes, out, device,
-                            parse_overrides(set_), resume, threads=threads or None, overwrite=overwrite)
-    typer.echo(f"{result['status']}: last score {_fmt(result['final_score'])} (return "
-               f"{_fmt(result['final_return'])}), best {_fmt(result['best_score'])}, "
-               f"{result['updates_per_s']:.0f} updates/s -> {out / 'result.json'}")
-    if result["status"] == "diverged":
+    seed_list = _seed_list(seeds)
+    cell = Path("runs") / algo / dataset.replace(":", "_").replace("/", "_")
+    out = out or (cell if seed_list else cell / f"seed{seed}")
+    returned = run_experiment(algo, dataset, seed, steps, eval_every, eval_episodes, out, device,
+                              parse_overrides(set_), resume, threads=threads or None, overwrite=overwrite,
+                              seeds=seed_list)
+    results = returned if isinstance(returned, list) else [returned]
+    for result in results:
+        folder = out / f"seed{result['seed']}" if seed_list else out
+        typer.echo(f"{result['status']}: seed {result['seed']}, last score {_fmt(result['final_score'])} (return "
+                   f"{_fmt(result['final_return'])}), best {_fmt(result['best_score'])}, "
+                   f"{result['updates_per_s']:.0f} updates/s -> {folder / 'result.json'}")
+    if any(r["status"] == "diverged" for r in results):
         raise typer.Exit(1)
+
+
+def _seed_list(text: str | None) -> list[int] | None:
+    """`--seeds 0,1,2` -> [0, 1, 2]."""
+    if text is None:
+        return None
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--seeds must be comma-separated integers, e.g. 0,1,2; got '{text}'") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise UserError(f"--seeds must be distinct integers ≥ 0, got '{text}'")
+    return seeds
 
 
 @app.command()

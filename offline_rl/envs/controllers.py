@@ -4,6 +4,7 @@ A policy maps an observation batch (numpy, shape (n, obs_dim)) to an action batc
 name a behaviour as a small table, and `make_policy` turns it into a callable:
 
     { policy = "pendulum-swingup", action_noise = 1.0, random_prob = 0.3 }   # scripted controller + noise
+    { policy = "pendulum-swingup", energy_gain = 1.0 }                      # a controller's own options
     { policy = "random" }                                                    # uniform random actions
     { policy = "zoo", level = "medium" }        # a shipped SAC actor (offline_rl.zoo) of the card's env, with
     { policy = "zoo", checkpoint = 3 }          # sampled actions; `checkpoint` indexes the ordered snapshots
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -74,7 +76,8 @@ class InvertedDoublePendulumLQR:
     """
 
     def __init__(self, env_id: str = "InvertedDoublePendulum-v5", q: tuple[float, ...] = (1, 10, 10, 1, 1, 1),
-                 r: float = 1.0) -> None:
+                 r: float = 1.0, bias: float = 0.0) -> None:
+        self.bias = float(bias)  # a constant force added to the LQR action (a biased, worse controller)
         env = gym.make(env_id)
         try:
             base = env.unwrapped
@@ -106,7 +109,7 @@ class InvertedDoublePendulumLQR:
         return np.stack([obs[:, 0], theta1, theta2, obs[:, 5], obs[:, 6], obs[:, 7]], axis=1)
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
-        action = -self.state(obs) @ self.gain.T
+        action = -self.state(obs) @ self.gain.T + self.bias
         return np.clip(action, self.ctrl_low, self.ctrl_high).astype(np.float32)
 
 
@@ -262,7 +265,8 @@ def make_policy(behaviour: Mapping[str, Any], env_id: str, seed: int) -> Policy:
     """The behaviour policy a card describes (see the module docstring): `{policy = "random"}`, a controller
     name or `"zoo"`, plus optional noise. Random draws come from generators seeded from `seed`."""
     name = behaviour.get("policy")
-    allowed = {"policy"} | _NOISE_KEYS | (_ZOO_KEYS if name == "zoo" else set())
+    options = set(inspect.signature(CONTROLLERS[name]).parameters) - {"env_id"} if name in CONTROLLERS else set()
+    allowed = {"policy"} | _NOISE_KEYS | options | (_ZOO_KEYS if name == "zoo" else set())
     unknown = set(behaviour) - allowed
     if unknown:
         hint = " (a checkpoint schedule: expand it with expand_behaviour)" if "checkpoints" in unknown else ""
@@ -278,7 +282,7 @@ def make_policy(behaviour: Mapping[str, Any], env_id: str, seed: int) -> Policy:
     if name == "zoo":
         base: Policy = _zoo_policy(behaviour, env_id, seed)
     elif name in CONTROLLERS:
-        base = CONTROLLERS[name](env_id)
+        base = CONTROLLERS[name](env_id, **{k: v for k, v in behaviour.items() if k in options})
     else:
         known = ", ".join(["random", "zoo", *sorted(CONTROLLERS)])
         raise DatasetError(f"behaviour policy {name!r} is unknown; known: {known}")
@@ -296,6 +300,9 @@ def describe_behaviour(behaviour: Mapping[str, Any]) -> str:
         which = next((f"{key} {behaviour[key]}" for key in ("level", "checkpoint", "checkpoints") if key in behaviour),
                      "?")
         text = f"zoo SAC actor, {which}, sampled actions"
+    options = {k: v for k, v in behaviour.items() if k not in {"policy", "mix", *_NOISE_KEYS, *_ZOO_KEYS, "checkpoints"}}
+    if options:
+        text += " (" + ", ".join(f"{k} {v}" for k, v in options.items()) + ")"
     if behaviour.get("action_noise"):
         text += f" + gaussian noise {behaviour['action_noise']}·half-range"
     if behaviour.get("random_prob"):

@@ -207,11 +207,13 @@ class ConditionalVAE(nn.Module):
         self.latent_dim = latent_dim
         self.max_action = max_action
 
-    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Encode, sample z = μ + σ·ε (reparameterised), decode. Returns (reconstruction, μ, σ)."""
+    def forward(self, obs: torch.Tensor, act: torch.Tensor,
+                eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode, sample z = μ + σ·ε (reparameterised; ε ~ N(0, I), drawn here unless given), decode.
+        Returns (reconstruction, μ, σ)."""
         mean, log_std = self.encoder(torch.cat([obs, act], -1)).chunk(2, dim=-1)
         std = log_std.clamp(-4.0, 15.0).exp()
-        z = mean + std * torch.randn_like(std)
+        z = mean + std * (torch.randn_like(std) if eps is None else eps)
         return self.decode(obs, z), mean, std
 
     def decode(self, obs: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:

@@ -75,8 +75,11 @@ def resolve_run(algo: str, dataset: str | Dataset, seed: int, steps: int, eval_e
 def run_experiment(algo: str, dataset: str, seed: int, steps: int, eval_every: int | None, eval_episodes: int | None,
                    out_dir: str | Path, device: str = "cpu", overrides: dict[str, Any] | None = None,
                    resume: bool = False, progress: bool | None = None, threads: int | None = 1,
-                   overwrite: bool = False) -> dict[str, Any]:
+                   overwrite: bool = False, seeds: list[int] | None = None) -> dict[str, Any] | list[dict[str, Any]]:
     """Train `algo` on `dataset` with `seed` and return the result record (also in `out_dir/result.json`).
+
+    With `seeds`, train them all at once in this process (`offline_rl.training.seeds`) into `out_dir/seed<S>/`
+    and return their records (`seed` is then ignored).
 
     `threads` sets torch's intra-op CPU threads (None: leave torch's default). One thread is the default: the
     networks are small, and on a loaded machine OpenMP threads competing for cores can slow a step by 10x or more.
@@ -85,8 +88,15 @@ def run_experiment(algo: str, dataset: str, seed: int, steps: int, eval_every: i
 
     if threads:
         torch.set_num_threads(threads)
-    run = resolve_run(algo, dataset, seed, steps, eval_every, eval_episodes, device, overrides)
+    run = resolve_run(algo, dataset, (seeds or [seed])[0], steps, eval_every, eval_episodes, device, overrides)
     data = run.dataset.to(run.device)
+    if seeds is not None:
+        from offline_rl.training.seeds import train_seeds
+
+        cls = get(run.algo)
+        results = train_seeds(lambda: cls(data.spec, run.config, run.device).to(run.device), data, steps, list(seeds),
+                              run.eval_every, run.eval_episodes, out_dir, resume, overwrite, progress=progress)
+        return [r.to_dict() for r in results]
     seed_everything(seed)
     agent = make(run.algo, data.spec, run.config, run.device)
     result = train(agent, data, steps, seed=seed, eval_every=run.eval_every, eval_episodes=run.eval_episodes,

@@ -121,20 +121,30 @@ def train(algo: Algorithm, dataset: Dataset, steps: int, seed: int = 0, eval_eve
         return _train(algo, dataset, steps, seed, eval_every, eval_episodes, None, False, ckpt_every, log_every,
                       progress, batch_size, cuda_graphs, None)
     out = Path(out_dir)
-    fields = run_fields(algo.name, _config_dict(algo.config), dataset.source, dataset.content_hash(), steps,
-                        eval_every, eval_episodes, seed + EVAL_SEED_OFFSET, seed)
     with locked(out):
-        action = plan(out, fields, resume, overwrite)
+        action, run_fingerprint = open_run(out, algo, dataset, steps, seed, eval_every, eval_episodes, resume,
+                                           overwrite)
         if action == "done":
             return RunResult.from_dict(read_record(out / RESULT))
+        return _train(algo, dataset, steps, seed, eval_every, eval_episodes, out, action == "resume", ckpt_every,
+                      log_every, progress, batch_size, cuda_graphs, run_fingerprint)
+
+
+def open_run(out: Path, algo: Algorithm, dataset: Dataset, steps: int, seed: int, eval_every: int,
+             eval_episodes: int, resume: bool, overwrite: bool) -> tuple[str, str]:
+    """Check the (locked) run folder against this run (`run_folder.plan`) and, unless it is done, write its
+    `run.json`. Returns (what to do: "fresh", "resume" or "done", the run's fingerprint)."""
+    fields = run_fields(algo.name, _config_dict(algo.config), dataset.source, dataset.content_hash(), steps,
+                        eval_every, eval_episodes, seed + EVAL_SEED_OFFSET, seed)
+    action = plan(out, fields, resume, overwrite)
+    if action != "done":
         atomic_write_json(out / RUN, {
             "algo": algo.name, "config": _config_dict(algo.config), "spec": algo.spec.to_dict(),
             "dataset_source": dataset.source, "env_id": dataset.env_id, "ref_min_score": dataset.ref_min_score,
             "ref_max_score": dataset.ref_max_score, "seed": seed, "steps": steps, "eval_every": eval_every,
             "eval_episodes": eval_episodes, "eval_seed": seed + EVAL_SEED_OFFSET, "fingerprint": fingerprint(fields),
             "fingerprint_fields": fields})
-        return _train(algo, dataset, steps, seed, eval_every, eval_episodes, out, action == "resume", ckpt_every,
-                      log_every, progress, batch_size, cuda_graphs, fingerprint(fields))
+    return action, fingerprint(fields)
 
 
 def _train(algo: Algorithm, dataset: Dataset, steps: int, seed: int, eval_every: int, eval_episodes: int,
@@ -234,11 +244,13 @@ def sync_point(result: RunResult, algo: Algorithm, metrics: dict[str, torch.Tens
                ref_min_score: float | None, ref_max_score: float | None, logger: _TensorBoard,
                reporter: ProgressReporter, out: Path | None, generator: torch.Generator, t0: float,
                extra: dict[str, float] | None = None,
-               extra_state: Callable[[], dict[str, Any]] | None = None) -> bool:
+               extra_state: Callable[[], dict[str, Any]] | None = None,
+               rng_state: Callable[[], dict[str, Any]] = get_rng_state) -> bool:
     """What both training loops do at a sync point: read the metrics (the only host sync), stop on a non-finite
     value (status `diverged`, the last good checkpoint kept), log, evaluate, report and checkpoint.
 
-    `extra_state()` adds the loop's own state to a checkpoint (the online loop's replay buffer).
+    `extra_state()` adds the loop's own state to a checkpoint (the online loop's replay buffer); `rng_state()`
+    gives the RNG states it stores (default: the process's; a seed trained with others: its own streams).
     Returns False when the run diverged.
     """
     values = {k: float(v) for k, v in metrics.items()} | (extra or {})
@@ -256,7 +268,7 @@ def sync_point(result: RunResult, algo: Algorithm, metrics: dict[str, torch.Tens
     reporter.update(step, result.updates_per_s, result.final_score, result.final_return, values)
     if is_ckpt and out is not None:
         save_checkpoint(out / CHECKPOINT, {
-            "algo": algo.state_dict(), "rng": get_rng_state(), "sampler_rng": generator.get_state(), "step": step,
+            "algo": algo.state_dict(), "rng": rng_state(), "sampler_rng": generator.get_state(), "step": step,
             "elapsed": time.perf_counter() - t0, "train_time": train_time, "curve": result.curve,
             **(extra_state() if extra_state is not None else {})})
     return True

@@ -1,0 +1,353 @@
+"""Many seeds of one configuration trained at once in one process, as one batched ensemble.
+
+Every parameter, buffer and optimiser state of the algorithm gets a leading seed dimension (`SeedBatch`); each
+phase of an update (`Algorithm.phases`) runs for all seeds in one call under `torch.vmap`, and its optimiser
+steps on the sum of the seeds' losses, which gives every seed exactly its own gradient (the seeds share no
+parameter). Every seed draws its batches from its own sampling generator and its noise from its own stream, seeded
+as the same seed trained alone, so a seed's run matches its single-seed run up to floating-point rounding.
+
+Each seed has its own run folder `OUT/seed<S>/`, written exactly as a single-seed run writes it (run.json with the
+same fingerprint, result.json, and a single-seed checkpoint.pt holding that seed's own RNG streams): a seed folder
+can be evaluated, exported or resumed on its own, and a batch resumes from its seeds' checkpoints. A seed that
+diverges is recorded `diverged` and leaves the batch; the others continue. Algorithms that define `update` instead
+of `phases` train their seeds one after the other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from offline_rl.algos.base import Algorithm, Phase
+from offline_rl.data.dataset import Batch, Dataset
+from offline_rl.training.checkpoint import load_checkpoint
+from offline_rl.training.run_folder import CHECKPOINT, RESULT, locked, read_record
+from offline_rl.training.seeding import get_rng_state, seed_everything
+from offline_rl.training.trainer import (
+    RunResult,
+    _config_dict,
+    _TensorBoard,
+    check_budget,
+    open_run,
+    recording,
+    sync_point,
+    train,
+)
+from offline_rl.utils.progress import ProgressReporter
+
+
+class _PhaseCall(nn.Module):
+    """Runs a phase of `algo` inside `functional_call`, so that the phase sees one seed's parameters."""
+
+    def __init__(self, algo: Algorithm) -> None:
+        super().__init__()
+        self.algo = algo
+
+    def forward(self, fn: Callable[[dict[str, Any]], Any], ctx: dict[str, Any]) -> dict[str, Any]:
+        result = fn(ctx)
+        return {k: v for k, v in result._asdict().items() if v is not None}
+
+
+def _owner(module: nn.Module, name: str) -> tuple[nn.Module, str]:
+    *path, leaf = name.split(".")
+    for part in path:
+        module = getattr(module, part)
+    return module, leaf
+
+
+class SeedBatch:
+    """S instances of one algorithm (same class and config, different initial weights) as one: `carrier` is the
+    first instance with every parameter and buffer replaced by the stack of the S instances' tensors, and its
+    optimisers rebuilt over the stacks (Adam is elementwise, so one Adam on a stack is S Adams)."""
+
+    def __init__(self, algos: list[Algorithm], total_steps: int) -> None:
+        if not all(a.seed_batchable for a in algos):
+            raise ValueError(f"{algos[0].name} does not define phases(); train its seeds one by one")
+        self.n = len(algos)
+        carrier = algos[0]
+        names = {id(p): k for k, p in carrier.named_parameters()}
+        groups = {key: [([names[id(p)] for p in g["params"]], {k: v for k, v in g.items() if k != "params"})
+                        for g in opt.param_groups] for key, opt in carrier.optimizers.items()}
+        defaults = {key: dict(opt.defaults) for key, opt in carrier.optimizers.items()}
+        kinds = {key: type(opt) for key, opt in carrier.optimizers.items()}
+        for name, p in list(carrier.named_parameters()):
+            owner, leaf = _owner(carrier, name)
+            stacked = torch.stack([dict(a.named_parameters())[name].detach() for a in algos])
+            setattr(owner, leaf, nn.Parameter(stacked, requires_grad=p.requires_grad))
+        for name, _ in list(carrier.named_buffers()):
+            owner, leaf = _owner(carrier, name)
+            owner.register_buffer(leaf, torch.stack([dict(a.named_buffers())[name] for a in algos]))
+        params = dict(carrier.named_parameters())
+        states = [{key: opt.state_dict() for key, opt in a.optimizers.items()} for a in algos]
+        schedules = {key: sched.state_dict() for key, sched in carrier.schedulers.items()}
+        carrier.optimizers = {key: kinds[key]([{"params": [params[n] for n in group], **opts}
+                                               for group, opts in groups[key]], **defaults[key])
+                              for key in groups}
+        for key, opt in carrier.optimizers.items():  # the seeds' optimiser states, stacked (resume, restack)
+            opt.load_state_dict(_stack_optimizer_states([st[key] for st in states]))
+        carrier.configure_schedule(total_steps)
+        for key, sched in carrier.schedulers.items():
+            if key in schedules:
+                sched.load_state_dict(schedules[key])
+        self.carrier = carrier
+        self.call = _PhaseCall(carrier)
+        self.randomness = getattr(carrier, "vmap_randomness", "error")
+
+    def _vmapped(self, phase: Phase, ctx: dict[str, Any]) -> dict[str, Any]:
+        tensors = {f"algo.{k}": v for k, v in self.carrier.named_parameters()}
+        tensors.update({f"algo.{k}": v for k, v in self.carrier.named_buffers()})
+
+        def one_seed(state: dict[str, torch.Tensor], seed_ctx: dict[str, Any]) -> dict[str, Any]:
+            return functional_call(self.call, state, (phase.fn, seed_ctx), strict=False)
+
+        return vmap(one_seed, randomness=self.randomness)(tensors, ctx)
+
+    def update(self, batch: Batch, noise: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        """One update of every seed: `batch` and `noise` have a leading seed dimension; so have the metrics."""
+        algo = self.carrier
+        ctx: dict[str, Any] = {"batch": batch, "noise": noise}
+        metrics: dict[str, torch.Tensor] = {}
+        params = dict(algo.named_parameters())
+        for phase in algo.phases(step):
+            if phase.host:
+                out = {k: v for k, v in phase.fn(ctx)._asdict().items() if v is not None}
+            else:
+                out = self._vmapped(phase, ctx)
+            ctx.update(out.get("updates", {}))
+            if phase.optimizer is not None:
+                opt = algo.optimizers[phase.optimizer]
+                opt.zero_grad(set_to_none=True)
+                if "grads" in out:
+                    for key, grad in out["grads"].items():
+                        params[key].grad = grad.detach().contiguous()  # fused Adam needs contiguous grads
+                else:
+                    out["loss"].sum().backward()  # Σ_s L_s: each seed's parameters get ∇L_s exactly
+                opt.step()
+            if phase.after is not None:
+                phase.after()
+            metrics.update(out.get("metrics", {}))
+        return metrics
+
+    def seed_state(self, i: int) -> dict[str, Any]:
+        """Seed i's part of the batch, as the state_dict of a single instance."""
+        state = self.carrier.state_dict()
+
+        def take(x: Any) -> Any:
+            if isinstance(x, torch.Tensor):
+                return x[i].clone() if x.dim() > 0 else x.clone()
+            if isinstance(x, dict):
+                return {k: (v if k == "param_groups" else take(v)) for k, v in x.items()}
+            return x
+
+        return {"modules": {k: v[i].clone() for k, v in state["modules"].items()},
+                "optimizers": {k: take(v) for k, v in state["optimizers"].items()},
+                "schedulers": copy.deepcopy(state["schedulers"])}
+
+
+def _stack_optimizer_states(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """One optimiser state_dict from the same optimiser's state in S instances: per-parameter tensors stacked
+    along a new seed dimension, scalars (Adam's step) taken from the first (the seeds share the step count)."""
+    stacked = {}
+    for index, entry in states[0]["state"].items():
+        stacked[index] = {k: torch.stack([st["state"][index][k] for st in states]) if v.dim() > 0 else v
+                          for k, v in entry.items()}
+    return {"state": stacked, "param_groups": copy.deepcopy(states[0]["param_groups"])}
+
+
+class _SeedRun:
+    """What one seed of a batch carries: its folder, record, streams and a single-seed instance (`shell`) that
+    holds its state at sync points (for evaluation and its checkpoint)."""
+
+    def __init__(self, seed: int, out: Path | None, shell: Algorithm, result: RunResult, sampler: torch.Generator,
+                 noise: torch.Generator) -> None:
+        self.seed, self.out, self.shell, self.result = seed, out, shell, result
+        self.sampler, self.noise = sampler, noise
+        self.logger = _TensorBoard(out, purge_step=None)
+        self.alive = True
+
+    def rng_state(self) -> dict[str, Any]:
+        """The RNG states a single-seed run of this seed would store: this seed's noise stream as torch's."""
+        state = get_rng_state()
+        if self.noise.device.type == "cpu":
+            state["torch"] = self.noise.get_state()
+        else:
+            state["cuda"] = [self.noise.get_state()]
+        return state
+
+
+def fresh_instances(make: Callable[[], Algorithm], seeds: list[int]) -> tuple[list[Algorithm], list[torch.Tensor]]:
+    """One instance per seed, each built right after `seed_everything(seed)` as a single-seed run builds it, with
+    the state of torch's generator that such a run would draw its noise from next."""
+    algos, states = [], []
+    for seed in seeds:
+        seed_everything(seed)
+        algos.append(make())
+        states.append(torch.get_rng_state())
+    return algos, states
+
+
+def train_seeds(make: Callable[[], Algorithm], dataset: Dataset, steps: int, seeds: list[int],
+                eval_every: int = 5000, eval_episodes: int = 10, out_dir: str | Path | None = None,
+                resume: bool = False, overwrite: bool = False, ckpt_every: int | None = None,
+                log_every: int = 1000, progress: bool | None = None) -> list[RunResult]:
+    """Train `make()` (a fresh instance of the algorithm) once per seed, all seeds at once; returns the records
+    in the order of `seeds`. With `out_dir`, seed S writes `out_dir/seed<S>/` as `train` would (the same
+    fingerprint, so a seed folder can be resumed or evaluated alone; finished seeds are kept with `resume`)."""
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
+    for seed in seeds:
+        check_budget(steps, seed, eval_every, eval_episodes)
+    out = Path(out_dir) if out_dir is not None else None
+    probe = make()
+    if not probe.seed_batchable:
+        return [train(_seeded(make, seed), dataset, steps, seed, eval_every, eval_episodes,
+                      None if out is None else out / f"seed{seed}", resume, ckpt_every, log_every, progress,
+                      overwrite=overwrite) for seed in seeds]
+    with contextlib.ExitStack() as stack:
+        plans: dict[int, tuple[str, str | None]] = {}
+        for seed in seeds:
+            if out is None:
+                plans[seed] = ("fresh", None)
+                continue
+            stack.enter_context(locked(out / f"seed{seed}"))
+            plans[seed] = open_run(out / f"seed{seed}", probe, dataset, steps, seed, eval_every, eval_episodes,
+                                   resume, overwrite)
+        results = {s: RunResult.from_dict(read_record(out / f"seed{s}" / RESULT))
+                   for s, (action, _) in plans.items() if action == "done"}
+        todo = [s for s in seeds if s not in results]
+        if todo:
+            results.update(_train_batch(make, dataset, steps, todo, plans, eval_every, eval_episodes, out,
+                                        ckpt_every, log_every, progress))
+    return [results[s] for s in seeds]
+
+
+def _seeded(make: Callable[[], Algorithm], seed: int) -> Algorithm:
+    seed_everything(seed)
+    return make()
+
+
+def _train_batch(make: Callable[[], Algorithm], dataset: Dataset, steps: int, seeds: list[int],
+                 plans: dict[int, tuple[str, str | None]], eval_every: int, eval_episodes: int, out: Path | None,
+                 ckpt_every: int | None, log_every: int, progress: bool | None) -> dict[int, RunResult]:
+    algos, noise_states = fresh_instances(make, seeds)
+    shells = [make() for _ in seeds]  # single-seed holders for evaluation and checkpoints
+    device = algos[0].device
+    dataset = dataset.to(device)
+    first = algos[0]
+    batch_size = getattr(first.config, "batch_size", 256)
+    eval_every = eval_every if eval_episodes else 0
+    ckpt_every = ckpt_every or eval_every or steps
+    summary = dataset.summary()
+    runs: list[_SeedRun] = []
+    for seed, shell, noise_state in zip(seeds, shells, noise_states, strict=True):
+        shell.configure_schedule(steps)
+        noise = torch.Generator(device=device)
+        if device.type == "cpu":
+            noise.set_state(noise_state)
+        else:
+            noise.manual_seed(seed)  # a single-seed run's CUDA generator right after seed_everything(seed)
+        result = RunResult(algo=first.name, dataset=dataset.name or dataset.source, dataset_source=dataset.source,
+                           dataset_label=dataset.label, behavior_score=summary["normalized_return_mean"], seed=seed,
+                           steps=steps, eval_every=eval_every, eval_episodes=eval_episodes,
+                           config=_config_dict(first.config), device=str(device), fingerprint=plans[seed][1])
+        runs.append(_SeedRun(seed, None if out is None else out / f"seed{seed}", shell, result,
+                             torch.Generator(device=device).manual_seed(seed), noise))
+    for algo in algos:
+        algo.configure_schedule(steps)
+    first.prepare(dataset)  # statistics, reward scale, search index: the same for every seed
+    for algo in algos[1:]:
+        for name, buf in first.named_buffers():
+            dict(algo.named_buffers())[name].copy_(buf)
+    start, elapsed, train_time = 0, 0.0, 0.0
+    resumed = [r for r in runs if plans[r.seed][0] == "resume"]
+    if resumed:
+        start, elapsed, train_time = _restore(runs, algos, plans)
+    batch = SeedBatch(algos, steps)
+    reporter = ProgressReporter(steps, start, enabled=progress, label=f"train {len(seeds)} seeds")
+    quiet = ProgressReporter(steps, start, enabled=False)
+    t0 = time.perf_counter() - elapsed
+    timing = [train_time]
+    recorders = contextlib.ExitStack()
+    for run in runs:
+        recorders.enter_context(recording(run.result, run.out, t0, quiet, run.logger, lambda: timing[0]))
+    with recorders:
+        t_train = time.perf_counter()
+        for step in range(start + 1, steps + 1):
+            live = [r for r in runs if r.alive]
+            samples = [dataset.sample(batch_size, r.sampler) for r in live]
+            stacked = Batch(*(torch.stack(parts) for parts in zip(*samples, strict=True)))
+            noise = _noise(batch.carrier.noise_shapes(batch_size, step), live, device)
+            metrics = batch.update(stacked, noise, step)
+            is_eval = bool(eval_every) and (step % eval_every == 0 or step == steps)
+            is_ckpt = step % ckpt_every == 0 or step == steps
+            if step % log_every and not is_eval and not is_ckpt:
+                continue
+            timing[0] += time.perf_counter() - t_train
+            diverged = False
+            for i, run in enumerate(live):
+                run.shell.load_state_dict(batch.seed_state(i))
+                ok = sync_point(run.result, run.shell, {k: v[i] for k, v in metrics.items()}, step, step, timing[0],
+                                dataset.env_id, is_eval, is_ckpt, eval_episodes, run.seed, dataset.ref_min_score,
+                                dataset.ref_max_score, run.logger, quiet, run.out, run.sampler, t0,
+                                rng_state=run.rng_state)
+                if not ok:
+                    run.alive, diverged = False, True
+            head = next((r.result for r in runs if r.alive), runs[0].result)
+            reporter.update(step, head.updates_per_s, head.final_score, head.final_return, {})
+            if not any(r.alive for r in runs):
+                break
+            if diverged:  # rebuild the batch from the seeds still alive, at their current state
+                batch = _restack(make, [r for r in runs if r.alive], steps, dataset)
+            t_train = time.perf_counter()
+    reporter.close()
+    return {r.seed: r.result for r in runs}
+
+
+def _noise(shapes: dict[str, tuple[int, ...]], live: list[_SeedRun], device: torch.device) -> dict[str, torch.Tensor]:
+    """Each seed's draws from its own stream, in the order a single-seed update takes them."""
+    per_seed = [{k: torch.randn(shape, generator=r.noise, device=device) for k, shape in shapes.items()} for r in live]
+    return {k: torch.stack([d[k] for d in per_seed]) for k in shapes}
+
+
+def _restore(runs: list[_SeedRun], algos: list[Algorithm], plans: dict[int, tuple[str, str | None]]
+             ) -> tuple[int, float, float]:
+    """Load each resumed seed's checkpoint into its instance and streams; every seed of a batch resumes from the
+    same step (seeds at another step are refused: resume them on their own)."""
+    steps = {}
+    for run, algo in zip(runs, algos, strict=True):
+        if plans[run.seed][0] != "resume":
+            steps[run.seed] = (0, 0.0, 0.0)
+            continue
+        state = load_checkpoint(run.out / CHECKPOINT, algo.device)
+        algo.load_state_dict(state["algo"])
+        run.sampler.set_state(state["sampler_rng"])
+        noise_state = state["rng"]["torch"] if run.noise.device.type == "cpu" else state["rng"]["cuda"][0]
+        run.noise.set_state(noise_state)
+        run.result.curve = state["curve"]
+        steps[run.seed] = (state["step"], state["elapsed"], state["train_time"])
+    if len({s[0] for s in steps.values()}) > 1:
+        from offline_rl.errors import UserError
+
+        raise UserError(f"the seeds' checkpoints are at different steps ({ {k: v[0] for k, v in steps.items()} }); "
+                        "resume them one at a time (offline-rl train --seed S --resume)")
+    return max(steps.values())
+
+
+def _restack(make: Callable[[], Algorithm], live: list[_SeedRun], steps: int, dataset: Dataset) -> SeedBatch:
+    """A new batch of the seeds still alive, from their single-seed states (their shells, just synced)."""
+    algos = []
+    for run in live:
+        algo = make()
+        algo.configure_schedule(steps)
+        algo.load_state_dict(run.shell.state_dict())
+        algos.append(algo)
+    algos[0].prepare(dataset)
+    return SeedBatch(algos, steps)
