@@ -28,6 +28,10 @@ try:  # the sequence backend's commands (its heavy imports stay lazy inside)
 except ImportError:  # pragma: no cover - only when the seq package is absent
     pass
 
+from offline_rl.cli.online import train_online_command  # noqa: E402  (its heavy imports stay lazy inside)
+
+app.command("train-online")(train_online_command)
+
 
 def _print_json(obj: object) -> None:
     """JSON to stdout alone (logs go to stderr), so it pipes into jq."""
