@@ -122,3 +122,28 @@ def regret_curve(mdp, agent: TabularActorCritic, episodes: int, rng: np.random.G
         if learn:
             agent.end_episode(sample_episodes(mdp, pi, 1, rng))
     return np.cumsum(gaps)
+
+
+def compare(mdp, behaviour: np.ndarray, n_offline: int, episodes: int, seeds: int,
+            config: HybridACConfig | None = None) -> dict[str, np.ndarray]:
+    """Mean cumulative-regret curves over `seeds` of the three agents of Tan et al.'s comparison:
+
+        "online-only optimistic"   no offline data, optimistic critic, learns online
+        "hybrid non-optimistic"    critic initialised from `n_offline` episodes of `behaviour`, learns online
+        "offline-only pessimistic" pessimistic critic on the same episodes, greedy, never learns online
+
+    Seed k draws the offline episodes and then the online episodes from one generator seeded k."""
+    from offline_rl.envs.riverswim import sample_episodes
+
+    base = config or HybridACConfig()
+    agents = {"online-only optimistic": ("optimistic", False), "hybrid non-optimistic": ("hybrid", True),
+              "offline-only pessimistic": ("pessimistic", True)}
+    curves = {name: np.zeros(episodes) for name in agents}
+    for name, (mode, uses_offline) in agents.items():
+        for seed in range(seeds):
+            rng = np.random.default_rng(seed)
+            offline = sample_episodes(mdp, behaviour, n_offline, rng) if uses_offline and n_offline else None
+            agent = TabularActorCritic(mdp.n_states, 2, mdp.horizon, HybridACConfig(mode, base.eta, base.bonus,
+                                                                                   base.rare_switching), offline)
+            curves[name] += regret_curve(mdp, agent, episodes, rng, learn=mode != "pessimistic") / seeds
+    return curves
