@@ -21,6 +21,8 @@ from offline_rl.meta.lpg import (
     collect,
     exact_advantage,
     meta_train,
+    policy_gradient_loss,
+    regularised_loss,
     train_a2c,
 )
 
@@ -126,7 +128,7 @@ def _rollout(c: LPGConfig, seed: int = 0):
 
 def test_agent_update_is_the_lpg_loss_gradient_by_hand():
     torch.manual_seed(0)
-    c = LPGConfig(gru_width=8, workers=3, rollout_len=6)
+    c = LPGConfig(gru_width=8, workers=3, rollout_len=6, max_grad_norm=0.01)  # small enough that clipping acts
     net = LPGNet(c)
     eta = {k: v.detach() for k, v in net.named_parameters()}
     _, roll = _rollout(c)
@@ -224,3 +226,21 @@ def test_meta_training_scores_levels_with_the_sampler():
     assert len(run.initial) == len(dict(run.net.named_parameters()))
     moved = [not torch.equal(run.initial[k], v) for k, v in run.net.named_parameters()]
     assert all(moved)  # every parameter of η received a meta-gradient
+
+
+def test_meta_objective_is_minus_log_pi_times_the_exact_normalised_advantage():
+    c = LPGConfig(workers=3, rollout_len=8)
+    batch, roll = _rollout(c, seed=4)
+    theta = torch.randn(2, MAX_SIZE**2, 4, generator=torch.Generator().manual_seed(5))
+    q, v = evaluate(batch, torch.softmax(theta, -1), c.horizon, c.discount)
+    loss = policy_gradient_loss(theta, batch, roll, c)
+    for i in range(2):
+        cells, acts, ts = roll.cell[i].flatten(), roll.action[i].flatten(), roll.t[i].flatten()
+        adv = q[ts, i, cells, acts] - v[ts, i, cells]
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        log_pi = torch.log(torch.softmax(theta[i, cells], -1)[torch.arange(len(cells)), acts] + 1e-8)
+        assert loss[i].item() == pytest.approx(-(log_pi * adv).mean().item(), rel=1e-5)
+    c = LPGConfig(policy_entropy_coeff=0.1, policy_l2_coeff=0.2, target_entropy_coeff=0.3, target_l2_coeff=0.4)
+    one = torch.ones(1)
+    assert regularised_loss(one, 2 * one, 3 * one, 4 * one, 5 * one, c).item() == pytest.approx(
+        1 - 0.1 * 2 + 0.2 * 3 - 0.3 * 4 + 0.4 * 5)

@@ -113,7 +113,8 @@ class HDPO(Algorithm):
             raise ConfigError(f"hdpo: problem '{c.problem}' (L={c.lead_time}) has state size {self.env.state_dim} "
                               f"and {self.env.n_orders} order(s), the spec {spec.obs_dim} and {spec.act_dim}; "
                               "build the spec with offline_rl.algos.hdpo.problem_spec")
-        level = (backlogged_base_stock_level(c.lead_time, c.p, c.h) if c.problem == "one_store_backlogged"
+        backlogged = resolve(c.problem, PROBLEMS, "inventory problem", ConfigError) == "one_store_backlogged"
+        level = (backlogged_base_stock_level(c.lead_time, c.p, c.h) if backlogged  # the heads' initial level
                  else self.env.mean * (c.lead_time + 1))
         self.head = make_order_head(c.head, self.env.state_dim, self.env.n_orders, c.hidden, level,
                                     getattr(self.env, "widths", None), getattr(self.env, "supplier_cap", math.inf))

@@ -28,7 +28,7 @@ def riverswim(quick: bool) -> list[Row]:
     )
 
     mdp = RiverSwim()
-    seeds, episodes, n_off = (5, 300, 100) if quick else (20, 1000, 100)
+    seeds, episodes, n_off = (3, 300, 100) if quick else (20, 1000, 100)
     q, v = optimal_q(mdp)
     returns = sample_episodes(mdp, greedy_policy(q), 4000, np.random.default_rng(0))[:, 3].reshape(4000, -1).sum(1)
     rows = [row(f"RiverSwim S={mdp.n_states} H={mdp.horizon}", "V* (DP) vs MC return of π* (4 s.e.)",

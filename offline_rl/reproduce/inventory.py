@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from offline_rl.reproduce import Row, register_entry, row
 
 
 @register_entry("hdpo", "HDPO and the inventory suite: gap to the DP / closed-form optimum (Zipkin 2008)")
 def hdpo(quick: bool) -> list[Row]:
+    import torch
+
     from offline_rl.algos.hdpo import train_hdpo
     from offline_rl.envs.inventory import (
         LOST_SALES_DP_TABLE,

@@ -11,19 +11,25 @@ from __future__ import annotations
 import copy
 
 import numpy as np
-import torch
 
 from offline_rl.reproduce import Row, register_entry, row
 
 
 def _argmin_k(points: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
-    """The index of each key's k-th nearest point, by plain float64 distances."""
-    d = ((keys[:, None, :].astype(np.float64) - points[None].astype(np.float64)) ** 2).sum(-1)
-    return np.argsort(d, axis=1, kind="stable")[:, k - 1]
+    """The index of each key's k-th nearest point, by plain float64 squared distances, 64 keys at a time."""
+    pts = points.astype(np.float64)
+    out = []
+    for start in range(0, len(keys), 64):
+        chunk = keys[start:start + 64].astype(np.float64)
+        d = ((chunk[:, None, :] - pts[None]) ** 2).sum(-1)
+        out.append(np.argsort(d, axis=1, kind="stable")[:, k - 1])
+    return np.concatenate(out)
 
 
 @register_entry("prdc", "PRDC's dataset constraint: exact nearest neighbours (KD-tree = brute force = argmin)")
 def prdc(quick: bool) -> list[Row]:
+    import torch
+
     from offline_rl.algos import make
     from offline_rl.algos.nn_search import BruteForceSearch, KDTreeSearch
     from offline_rl.data import load_dataset
@@ -62,6 +68,8 @@ def prdc(quick: bool) -> list[Row]:
 
 @register_entry("odice", "O-DICE's orthogonal-gradient update: ⟨g, g_f⟩ = ‖g_f‖² on real value steps")
 def odice(quick: bool) -> list[Row]:
+    import torch
+
     from offline_rl.algos import make
     from offline_rl.algos.odice import f_star
     from offline_rl.data import load_dataset
@@ -84,6 +92,8 @@ def odice(quick: bool) -> list[Row]:
 
 def _orthogonality(algo, batch, f_star) -> tuple[float, float]:
     """Run one real `value_step`; recompute g_f and the linear term at the pre-step weights by hand (a copy)."""
+    import torch
+
     c = algo.config
     ref = copy.deepcopy(algo)
     obs, next_obs = ref.normalizer(batch.observations), ref.normalizer(batch.next_observations)

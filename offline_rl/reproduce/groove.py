@@ -1,0 +1,24 @@
+"""`offline-rl reproduce groove`: LPG-lite's two checks (a smoke-level result; GROOVE's published comparisons need
+GPU-days and are not reproduced)."""
+
+from __future__ import annotations
+
+from offline_rl.reproduce import Row, register_entry
+
+
+@register_entry("groove", "LPG-lite (GROOVE at CPU scale, smoke level): learned rule and regret-prioritised levels")
+def groove(quick: bool) -> list[Row]:
+    import torch
+
+    from offline_rl.meta.lpg import lpg_lite_checks
+
+    torch.set_num_threads(1)
+    steps = 100 if quick else 500
+    r = lpg_lite_checks(steps, n_levels=32, seed=0)
+    case = f"LPG-lite smoke, {steps} meta-steps, 32 held-out levels"
+    return [
+        Row(case, "mean return: learned rule > initial", r["return_uniform"], r["return_initial"],
+            r["return_uniform"] - r["return_initial"], r["return_uniform"] > r["return_initial"]),
+        Row(case, "worst regret: GROOVE < uniform", r["worst_regret_groove"], r["worst_regret_uniform"],
+            r["worst_regret_groove"] - r["worst_regret_uniform"], r["worst_regret_groove"] < r["worst_regret_uniform"]),
+    ]
