@@ -42,6 +42,8 @@ from offline_rl.names import resolve
 from offline_rl.nets.order_heads import make_order_head
 
 PROBLEMS = ("one_store_lost", "one_store_backlogged", "serial")
+_NOT_OFFLINE = ("it trains through a differentiable inventory simulator on demand scenarios, not on a dataset; "
+                "use offline_rl.algos.hdpo.train_hdpo (or `offline-rl reproduce hdpo`)")
 
 
 @dataclass
@@ -111,8 +113,8 @@ class HDPO(Algorithm):
         self.env = make_problem(c, self.device)
         if spec.obs_dim != self.env.state_dim or spec.act_dim != self.env.n_orders:
             raise ConfigError(f"hdpo: problem '{c.problem}' (L={c.lead_time}) has state size {self.env.state_dim} "
-                              f"and {self.env.n_orders} order(s), the spec {spec.obs_dim} and {spec.act_dim}; "
-                              "build the spec with offline_rl.algos.hdpo.problem_spec")
+                              f"and {self.env.n_orders} order(s), the spec {spec.obs_dim} and {spec.act_dim}: "
+                              f"{_NOT_OFFLINE} (a spec comes from offline_rl.algos.hdpo.problem_spec)")
         backlogged = resolve(c.problem, PROBLEMS, "inventory problem", ConfigError) == "one_store_backlogged"
         level = (backlogged_base_stock_level(c.lead_time, c.p, c.h) if backlogged  # the heads' initial level
                  else self.env.mean * (c.lead_time + 1))
@@ -121,8 +123,7 @@ class HDPO(Algorithm):
         self.add_optimizer("policy", self.head.parameters(), c.lr)
 
     def prepare(self, dataset: Dataset) -> None:
-        raise ConfigError("hdpo trains through a differentiable inventory simulator on demand scenarios, not on a "
-                          "dataset: use offline_rl.algos.hdpo.train_hdpo (or `offline-rl reproduce hdpo`)")
+        raise ConfigError(f"hdpo: {_NOT_OFFLINE}")
 
     def loss(self, batch: Scenarios) -> tuple[torch.Tensor, torch.Tensor]:
         """(Ĵ_B: the mean cost per period and store over all T periods, the per-period costs [n, T])."""
