@@ -13,12 +13,15 @@ def groove(quick: bool) -> list[Row]:
     from offline_rl.meta.lpg import lpg_lite_checks
 
     torch.set_num_threads(1)
-    steps = 100 if quick else 500
-    r = lpg_lite_checks(steps, n_levels=32, seed=0)
-    case = f"LPG-lite smoke, {steps} meta-steps, 32 held-out levels"
-    return [
-        Row(case, "mean return: learned rule > initial", r["return_uniform"], r["return_initial"],
-            r["return_uniform"] - r["return_initial"], r["return_uniform"] > r["return_initial"]),
-        Row(case, "worst regret: GROOVE < uniform", r["worst_regret_groove"], r["worst_regret_uniform"],
-            r["worst_regret_groove"] - r["worst_regret_uniform"], r["worst_regret_groove"] < r["worst_regret_uniform"]),
-    ]
+    rows = []
+    for seed in (0,) if quick else (0, 1, 2):  # 300 meta-steps: at 100, check 2 does not pass yet (the docs say why)
+        r = lpg_lite_checks(300, n_levels=32, seed=seed)
+        case = f"LPG-lite smoke seed={seed}, 300 meta-steps, 32 levels"
+        rows += [
+            Row(case, "mean return: learned > initial", r["return_uniform"], r["return_initial"],
+                r["return_uniform"] - r["return_initial"], r["return_uniform"] > r["return_initial"]),
+            Row(case, "worst regret: GROOVE < uniform", r["worst_regret_groove"], r["worst_regret_uniform"],
+                r["worst_regret_groove"] - r["worst_regret_uniform"],
+                r["worst_regret_groove"] < r["worst_regret_uniform"]),
+        ]
+    return rows
