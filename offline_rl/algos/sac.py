@@ -47,6 +47,7 @@ class SACConfig:
     start_steps: int = 10_000               # uniform-random actions before the first update
     buffer_size: int = 1_000_000
     updates_per_step: int = 1               # gradient steps per env step
+    fqi_actions: int = 10                   # uniform candidate actions for the max in `fitted_q_step`
 
 
 @register("sac")
@@ -104,6 +105,42 @@ class SAC(Algorithm):
     @property
     def update_period(self) -> int:
         return self.config.target_update_interval
+
+    def fitted_q_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One critic-only fitted-Q-iteration step towards Q* (the hybrid warm start of `train_online`):
+
+            y = r + γ(1 − d)·max_k min_i Q_i,targ(s′, a′_k),   a′_1 … a′_K ~ U(action box), K = fqi_actions
+
+        the max over actions taken over K uniform candidates; then the same regression and target update as
+        `update`. The actor is untouched."""
+        c = self.config
+        n, k = batch.observations.shape[0], c.fqi_actions
+        with torch.no_grad():
+            low = torch.as_tensor(self.spec.action_low, dtype=torch.float32, device=self.device)
+            high = torch.as_tensor(self.spec.action_high, dtype=torch.float32, device=self.device)
+            candidates = low + (high - low) * torch.rand(n * k, self.spec.act_dim, device=self.device)
+            next_obs = batch.next_observations.repeat_interleave(k, 0)
+            next_q = self.critic_target(next_obs, candidates).min(0).values.view(n, k).max(1).values
+            y = batch.rewards + c.discount * (1.0 - batch.dones) * next_q
+        q = self.critic(batch.observations, batch.actions)
+        critic_loss = 0.5 * (q - y).pow(2).mean(1).sum()
+        self.optimize("critic", critic_loss)
+        soft_update(self.critic_target, self.critic, c.tau)
+        return {"fqi_loss": critic_loss.detach(), "fqi_q_mean": q.detach().mean()}
+
+    @torch.no_grad()
+    def reset_actor(self) -> None:
+        """The rare-switching reset: the actor's weights back to a fresh initialisation and its Adam state cleared,
+        in place (so a captured CUDA graph stays valid)."""
+        c = self.config
+        fresh = TanhGaussianActor(self.spec.obs_dim, self.spec.act_dim, self.spec.action_low, self.spec.action_high,
+                                  c.hidden).to(self.device)
+        for param, new in zip(self.actor.parameters(), fresh.parameters(), strict=True):
+            param.copy_(new)
+        for state in self.optimizers["actor"].state.values():
+            for value in state.values():
+                if torch.is_tensor(value):
+                    value.zero_()
 
     @torch.no_grad()
     def explore(self, obs: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,10 @@ try:  # the sequence backend's commands (its heavy imports stay lazy inside)
 except ImportError:  # pragma: no cover - only when the seq package is absent
     pass
 
+from offline_rl.cli.online import train_online_command  # noqa: E402  (its heavy imports stay lazy inside)
+
+app.command("train-online")(train_online_command)
+
 
 def _version(value: bool) -> None:
     if value:

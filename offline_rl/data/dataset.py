@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from offline_rl.envs import dataset_diagnostics
 from offline_rl.errors import DatasetError
 
 ACTION_TOLERANCE = 1e-3
@@ -268,4 +269,6 @@ class Dataset:
             "ref_min_score": self.ref_min_score,
             "ref_max_score": self.ref_max_score,
             "normalized_return_mean": None if norm is None else float(norm),
+            **dataset_diagnostics(self.env_id, self.observations.cpu().numpy(), self.actions.cpu().numpy(),
+                                  self.env_kwargs),
         }

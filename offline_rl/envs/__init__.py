@@ -11,7 +11,19 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["make_env", "make_vector_env", "env_spaces", "box_bounds", "is_registered"]
+__all__ = ["make_env", "make_vector_env", "env_spaces", "box_bounds", "is_registered", "dataset_diagnostics"]
+
+SUITE_ENVS: dict[str, tuple[str, int]] = {
+    "offline_rl/InventoryLostSales-v0": ("offline_rl.envs.inventory.gym_env:lost_sales_env", 50),
+    "offline_rl/InventoryBacklogged-v0": ("offline_rl.envs.inventory.gym_env:backlogged_env", 50),
+    "offline_rl/InventorySerial-v0": ("offline_rl.envs.inventory.gym_env:serial_env", 50),
+    "offline_rl/RiverSwim-v0": ("offline_rl.envs.riverswim:RiverSwimEnv", 20),
+}
+"""The toolkit's own env suites: gymnasium id → (entry point, default max_episode_steps)."""
+
+for _env_id, (_entry, _steps) in SUITE_ENVS.items():
+    if _env_id not in gym.registry:
+        gym.register(_env_id, entry_point=_entry, max_episode_steps=_steps)
 
 
 def make_env(env_id: str, **kwargs: Any) -> gym.Env:
@@ -65,3 +77,20 @@ def box_bounds(space: gym.Space) -> tuple[np.ndarray, np.ndarray] | None:
     if isinstance(space, gym.spaces.Box):
         return np.asarray(space.low, dtype=np.float64).ravel(), np.asarray(space.high, dtype=np.float64).ravel()
     return None
+
+
+def dataset_diagnostics(env_id: str | None, observations: np.ndarray, actions: np.ndarray,
+                        env_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What an env class with known optima says about a dataset collected on it (e.g. RiverSwim's concentrability),
+    through its `dataset_diagnostics(observations, actions, env_kwargs)` classmethod; {} for other envs."""
+    if env_id is None or env_id not in gym.registry:
+        return {}
+    entry = gym.registry[env_id].entry_point
+    if not isinstance(entry, str):
+        return {}
+    try:
+        env_cls = gym.envs.registration.load_env_creator(entry)
+    except ImportError:  # an env whose package is missing has nothing to report
+        return {}
+    report = getattr(env_cls, "dataset_diagnostics", None)
+    return report(observations, actions, dict(env_kwargs or {})) if callable(report) else {}

@@ -29,6 +29,7 @@ import scipy.linalg
 import torch
 
 from offline_rl.envs import box_bounds, env_spaces
+from offline_rl.envs.riverswim import SwimRight
 from offline_rl.errors import DatasetError, UserError
 
 if TYPE_CHECKING:
@@ -162,6 +163,7 @@ class ZooBehaviour:
 CONTROLLERS: dict[str, Callable[[str], Policy]] = {
     "pendulum-swingup": PendulumSwingUp,
     "idp-lqr": InvertedDoublePendulumLQR,
+    "riverswim-swim": SwimRight,
 }
 
 _NOISE_KEYS = {"action_noise", "random_prob"}

@@ -10,6 +10,13 @@ Terminal vs truncation: the bootstrap mask is `terminated` only. A time-limit tr
 done = 0 and, like a termination, with the sub-env's true last observation (`info["final_obs"]`, same-step
 autoreset) as next_obs, never the reset observation.
 
+Hybrid (offline + online) options, after Tan, Fan & Wei 2025 (`offline_rl.algos.hybrid_ac` has the tabular
+version): `offline` data kept beside the replay buffer, with each update batch drawing a fraction `offline_ratio` of
+its rows from it (0.5: symmetric sampling); `warmstart_critic` critic-only fitted-Q-iteration steps on the offline
+data before the first env step (the algorithm's `fitted_q_step(batch)`); and the rare-switching actor reset,
+`actor_reset = n₀`: the actor goes back to a fresh initialisation (the algorithm's `reset_actor()`) when the online
+data reaches n₀, 2n₀, 4n₀, … env steps, i.e. each time it has doubled.
+
 Seeding (python, numpy, torch, env resets, action-space sampling, replay sampling) makes a run on CPU
 reproducible. Checkpoints are atomic and hold the algorithm with its optimisers, the RNG states, the step, the
 curve and the replay buffer, so an interrupted run resumes (`resume=True`) with fresh env episodes. Actor snapshots
@@ -28,8 +35,9 @@ import numpy as np
 import torch
 
 from offline_rl.algos.base import Algorithm
-from offline_rl.data.dataset import Batch
+from offline_rl.data.dataset import Batch, Dataset
 from offline_rl.envs import make_vector_env
+from offline_rl.errors import ConfigError
 from offline_rl.training.checkpoint import save_checkpoint
 from offline_rl.training.graphs import GraphedCall, UpdateStep
 from offline_rl.training.progress import ProgressReporter
@@ -157,7 +165,8 @@ def train_online(algo: Algorithm, env_id: str, steps: int, seed: int = 0, num_en
                  buffer_size: int | None = None, snapshot_steps: Iterable[int] = (), ckpt_every: int | None = None,
                  log_every: int = 1000, progress: bool | None = None, ref_min_score: float | None = None,
                  ref_max_score: float | None = None, cuda_graphs: bool = True,
-                 time_limit_s: float | None = None, resume: bool = False) -> RunResult:
+                 time_limit_s: float | None = None, resume: bool = False, offline: Dataset | None = None,
+                 offline_ratio: float = 0.0, warmstart_critic: int = 0, actor_reset: int = 0) -> RunResult:
     """Train `algo` online on `env_id` for `steps` env steps (summed over the sub-envs) and return the run record.
 
     `start_steps`, `updates_per_step`, `batch_size` and `buffer_size` default to the algorithm's config values.
@@ -170,12 +179,13 @@ def train_online(algo: Algorithm, env_id: str, steps: int, seed: int = 0, num_en
     `resume=True` continues from `out_dir/checkpoint.pt`: the algorithm, optimisers, RNG states, curve and the
     replay buffer come back; the envs start fresh episodes (seeded from the step), so a resumed run is a valid
     continuation but not bit-identical to an uninterrupted one.
+
+    Hybrid options (module docstring): `offline` (a Dataset on the env), `offline_ratio` in [0, 1],
+    `warmstart_critic` fitted-Q steps before training (not repeated on resume), `actor_reset` n₀ (0: off).
     """
-    lock = locked(Path(out_dir)) if out_dir is not None else contextlib.nullcontext()
-    with lock:
-        return _train_online(algo, env_id, steps, seed, num_envs, eval_every, eval_episodes, out_dir, start_steps,
-                             updates_per_step, batch_size, buffer_size, snapshot_steps, ckpt_every, log_every,
-                             progress, ref_min_score, ref_max_score, cuda_graphs, time_limit_s, resume)
+    options = dict(locals())  # the arguments, passed on whole
+    with locked(Path(out_dir)) if out_dir is not None else contextlib.nullcontext():
+        return _train_online(**options)
 
 
 def _train_online(algo: Algorithm, env_id: str, steps: int, seed: int, num_envs: int, eval_every: int,
@@ -183,7 +193,8 @@ def _train_online(algo: Algorithm, env_id: str, steps: int, seed: int, num_envs:
                   updates_per_step: int | None, batch_size: int | None, buffer_size: int | None,
                   snapshot_steps: Iterable[int], ckpt_every: int | None, log_every: int, progress: bool | None,
                   ref_min_score: float | None, ref_max_score: float | None, cuda_graphs: bool,
-                  time_limit_s: float | None, resume: bool) -> RunResult:
+                  time_limit_s: float | None, resume: bool, offline: Dataset | None, offline_ratio: float,
+                  warmstart_critic: int, actor_reset: int) -> RunResult:
     cfg = algo.config
     start_steps = getattr(cfg, "start_steps", 0) if start_steps is None else start_steps
     updates_per_step = updates_per_step or getattr(cfg, "updates_per_step", 1)
@@ -194,15 +205,28 @@ def _train_online(algo: Algorithm, env_id: str, steps: int, seed: int, num_envs:
     ckpt_every = ckpt_every or eval_every or steps
     device = algo.device
 
+    hybrid = _check_hybrid(algo, offline, offline_ratio, warmstart_critic, actor_reset)
+    offline = offline.to(device) if offline is not None else None
+    n_offline = round(batch_size * offline_ratio)
+
     seed_everything(seed)
     envs = make_vector_env(env_id, num_envs, seed=seed)
     buffer = ReplayBuffer(capacity, algo.spec.obs_dim, algo.spec.act_dim, device)
     generator = torch.Generator(device=device).manual_seed(seed)
-    update = UpdateStep(algo, lambda gen: buffer.sample(batch_size, gen), generator, cuda_graphs)
+
+    def sample(gen: torch.Generator | None) -> Batch:
+        """`batch_size` rows: the first `n_offline` from the offline data, the rest from the replay buffer."""
+        online = buffer.sample(batch_size - n_offline, gen)
+        if not n_offline:
+            return online
+        rows = offline.sample(n_offline, gen)
+        return Batch(*(torch.cat([a, b]) for a, b in zip(rows, online, strict=True)))
+
+    update = UpdateStep(algo, sample, generator, cuda_graphs)
     explore = _explorer(algo, num_envs, update.graphed)
     result = RunResult(algo=algo.name, dataset=env_id, dataset_source=f"online:{env_id}", dataset_label="online",
                        behavior_score=None, seed=seed, steps=steps, eval_every=eval_every,
-                       eval_episodes=eval_episodes, config=_config_dict(cfg), device=str(device))
+                       eval_episodes=eval_episodes, config=_config_dict(cfg) | hybrid, device=str(device))
     metrics: dict[str, torch.Tensor] = {}
     episode_returns: list[float] = []
     running_return = np.zeros(num_envs)
@@ -229,6 +253,8 @@ def _train_online(algo: Algorithm, env_id: str, steps: int, seed: int, num_envs:
         first = seed if step == 0 else seed + RESUME_SEED_STRIDE * step  # a resumed run starts fresh episodes
         obs, _ = envs.reset(seed=[first + i for i in range(num_envs)])
         if step == 0:
+            for _ in range(warmstart_critic):  # fitted Q iteration on the offline data, before any env step
+                metrics = algo.fitted_q_step(offline.sample(batch_size, generator))
             snapshot(0)
         t_train = time.perf_counter()
         while step < steps:
@@ -244,6 +270,8 @@ def _train_online(algo: Algorithm, env_id: str, steps: int, seed: int, num_envs:
                 running_return[i] = 0.0
             obs = next_obs
             prev, step = step, step + num_envs
+            if actor_reset and _doubling_crossed(prev, step, actor_reset):
+                algo.reset_actor()  # rare switching: the online data has doubled since the last reset
 
             if step > start_steps:
                 for _ in range(updates_per_step * (step - max(prev, start_steps))):
@@ -268,3 +296,36 @@ def _train_online(algo: Algorithm, env_id: str, steps: int, seed: int, num_envs:
                 break
             t_train = time.perf_counter()
     return result
+
+
+def _check_hybrid(algo: Algorithm, offline: Dataset | None, offline_ratio: float, warmstart_critic: int,
+                  actor_reset: int) -> dict[str, Any]:
+    """Validate the hybrid options; returns them for the run record ({} when none is used)."""
+    if not 0.0 <= offline_ratio <= 1.0:
+        raise ConfigError(f"offline_ratio must be in [0, 1], got {offline_ratio}")
+    if warmstart_critic < 0 or actor_reset < 0:
+        raise ConfigError(f"warmstart_critic and actor_reset must be ≥ 0, got {warmstart_critic}, {actor_reset}")
+    if (offline_ratio > 0 or warmstart_critic) and offline is None:
+        raise ConfigError("offline_ratio and warmstart_critic need offline data (--offline-data)")
+    if offline is not None and (offline.spec.obs_dim, offline.spec.act_dim) != (algo.spec.obs_dim, algo.spec.act_dim):
+        raise ConfigError(f"offline data '{offline.name or offline.source}' has obs/action sizes "
+                          f"{offline.spec.obs_dim}/{offline.spec.act_dim}, the env {algo.spec.obs_dim}/{algo.spec.act_dim}")
+    for needed, hook in ((warmstart_critic, "fitted_q_step"), (actor_reset, "reset_actor")):
+        if needed and not callable(getattr(algo, hook, None)):
+            raise ConfigError(f"algorithm '{algo.name}' has no {hook}(), which "
+                              f"{'warmstart_critic' if hook == 'fitted_q_step' else 'actor_reset'} needs")
+    if offline is None and not actor_reset:
+        return {}
+    return {"hybrid": {"offline_data": None if offline is None else (offline.name or offline.source),
+                       "offline_ratio": offline_ratio, "warmstart_critic": warmstart_critic,
+                       "actor_reset": actor_reset}}
+
+
+def _doubling_crossed(prev: int, step: int, first: int) -> bool:
+    """Whether (prev, step] holds a switch point first·2^k (k ≥ 0)."""
+    if step < first:
+        return False
+    point = first
+    while point * 2 <= step:
+        point *= 2
+    return point > prev
