@@ -158,3 +158,25 @@ def test_reference_scores_in_cards_are_reproducible(family, episodes):
     scale = card.ref_max_score - card.ref_min_score
     assert abs(random_mean - card.ref_min_score) < 0.01 * scale
     assert abs(expert_mean - card.ref_max_score) < 0.01 * scale
+
+
+def test_a_card_can_set_a_controllers_own_options():
+    """`energy_gain` reaches the swing-up controller: a negative gain brakes instead of pumping, so the pendulum
+    hangs (return near the random level) while the default gain swings it up; unknown options are refused."""
+    import numpy as np
+
+    from offline_rl.envs.controllers import PendulumSwingUp, describe_behaviour, make_policy
+    from offline_rl.envs.rollout import run_episodes
+
+    brake = make_policy({"policy": "pendulum-swingup", "energy_gain": -10.0}, "Pendulum-v1", seed=0)
+    assert isinstance(brake, PendulumSwingUp) and brake.energy_gain == -10.0
+    obs = np.array([[1.0, 0.0, 1.5], [-1.0, 0.0, 2.0]], dtype=np.float32)  # at the bottom: pump vs brake
+    pump = make_policy({"policy": "pendulum-swingup"}, "Pendulum-v1", seed=0)
+    np.testing.assert_array_equal(brake(obs)[1], -pump(obs)[1])
+    braked = np.mean(run_episodes("Pendulum-v1", brake, 4, 1000)[0])
+    swung = np.mean(run_episodes("Pendulum-v1", pump, 4, 1000)[0])
+    assert swung > -300 and braked < -700
+    assert describe_behaviour({"policy": "pendulum-swingup", "energy_gain": -10.0}) == \
+        "pendulum-swingup (energy_gain -10.0)"
+    with pytest.raises(DatasetError, match="unknown keys \\['gain'\\]"):
+        make_policy({"policy": "pendulum-swingup", "gain": 1.0}, "Pendulum-v1", seed=0)

@@ -175,3 +175,16 @@ def test_cli_seeds_write_one_folder_per_seed(tmp_path):
     assert evaluated.returncode == 0 and json.loads(evaluated.stdout)["seed"] == 101
     bad = cli("train", "--algo", "bc", "--dataset", "pendulum-medium", "--seeds", "0,x")
     assert bad.returncode == 2 and "--seeds" in bad.stderr
+
+
+def test_the_python_api_takes_seeds(tmp_path, data):
+    import offline_rl as orl
+
+    algo = orl.make_algo("bc", data.spec, SMALL["bc"], dataset=data)
+    results = orl.train(algo, data, steps=50, eval_every=50, eval_episodes=1, out_dir=tmp_path, seeds=[4, 7])
+    assert [r.seed for r in results] == [4, 7] and [r.status for r in results] == ["completed", "completed"]
+    assert read_json(tmp_path / "seed7/result.json")["seed"] == 7
+    seed_everything(7)
+    alone7 = orl.train(orl.make_algo("bc", data.spec, SMALL["bc"], dataset=data), data, steps=50, seed=7,
+                       eval_every=50, eval_episodes=1)
+    assert alone7.curve[0][2] == pytest.approx(results[1].curve[0][2], rel=1e-4)

@@ -205,6 +205,11 @@ def train_seeds(make: Callable[[], Algorithm], dataset: Dataset, steps: int, see
         raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
     for seed in seeds:
         check_budget(steps, seed, eval_every, eval_episodes)
+    if eval_episodes and dataset.env_id is None:
+        from offline_rl.errors import UserError
+
+        raise UserError(f"{dataset.source or dataset.name}: the dataset names no env to evaluate on; give one "
+                        "(--env ENV_ID for a D4RL-format file) or train without evaluation (--eval-episodes 0)")
     out = Path(out_dir) if out_dir is not None else None
     probe = make()
     if not probe.seed_batchable:

@@ -103,8 +103,13 @@ def check_budget(steps: int, seed: int, eval_every: int, eval_episodes: int) -> 
 def train(algo: Algorithm, dataset: Dataset, steps: int, seed: int = 0, eval_every: int = 5000,
           eval_episodes: int = 10, out_dir: str | Path | None = None, resume: bool = False,
           ckpt_every: int | None = None, log_every: int = 1000, progress: bool | None = None,
-          batch_size: int | None = None, cuda_graphs: bool = True, overwrite: bool = False) -> RunResult:
+          batch_size: int | None = None, cuda_graphs: bool = True, overwrite: bool = False,
+          seeds: list[int] | None = None) -> RunResult | list[RunResult]:
     """Train `algo` on `dataset` for `steps` gradient updates and return the run record.
+
+    With `seeds`, train that many fresh instances of `algo`'s class and config (each initialised as
+    `seed_everything(seed)` would) at once in this process, into `out_dir/seed<S>/`, and return their records
+    (`offline_rl.training.seeds`); `algo` itself is then only the template.
 
     Evaluation runs every `eval_every` updates and at the end, `eval_episodes` episodes each (0: never). With
     `out_dir`, the run holds the folder's lock while it runs and writes `run.json` (what the run is, with its
@@ -113,6 +118,12 @@ def train(algo: Algorithm, dataset: Dataset, steps: int, seed: int = 0, eval_eve
     (continued from `checkpoint.pt`, or returned as it is when finished) or `overwrite=True` (replaced). On CUDA,
     updates of a `graph_safe` algorithm replay from CUDA graphs unless `cuda_graphs=False`.
     """
+    if seeds is not None:
+        from offline_rl.training.seeds import train_seeds
+
+        return train_seeds(lambda: type(algo)(algo.spec, algo.config, algo.device).to(algo.device), dataset, steps,
+                           list(seeds), eval_every, eval_episodes, out_dir, resume, overwrite, ckpt_every, log_every,
+                           progress)
     check_budget(steps, seed, eval_every, eval_episodes)
     if eval_episodes and dataset.env_id is None:
         raise UserError(f"{dataset.source or dataset.name}: the dataset names no env to evaluate on; give one "
