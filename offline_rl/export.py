@@ -149,7 +149,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
         return {p.key: json.loads(p.value) for p in onnx.load(str(path)).metadata_props}
     files = {METADATA_FILE: ""}
-    torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+    with _quiet():
+        torch.jit.load(str(path), map_location="cpu", _extra_files=files)
     return json.loads(files[METADATA_FILE])
 
 
