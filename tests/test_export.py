@@ -202,6 +202,7 @@ def test_every_algorithm_exports_its_policy(name, tmp_path):
     obs = torch.from_numpy(np.random.default_rng(2).normal(0, 5, size=(33, 5)).astype(np.float32))
     with torch.no_grad():
         expected = agent.policy().eval()(obs).numpy()
+    agent.train()  # the policy shares the algorithm's modules: back to training mode, dropout on, before export
     formats = ["torchscript", "onnx"] if name in ("odice", "sac") else ["torchscript"]
     for fmt in formats:
         path = export_algorithm(agent, fmt, tmp_path / f"policy.{fmt}")
@@ -213,7 +214,7 @@ def test_every_algorithm_exports_its_policy(name, tmp_path):
             got = onnxruntime.InferenceSession(str(path)).run(None, {"obs": obs.numpy()})[0]
         np.testing.assert_allclose(got, expected, rtol=0, atol=TOL)
         assert read_metadata(path)["action_low"] == [-1.0, -3.0]
-    assert agent.training  # exporting left the algorithm's own modules alone
+    assert all(m.training for m in agent.modules())  # exporting left the algorithm's own modules alone
 
 
 class _NoPolicy(Algorithm):
