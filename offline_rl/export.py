@@ -20,7 +20,8 @@ below) for a deployment that wants the same clip.
 ONNX export uses torch's `torch.export`-based exporter (opset 18, a dynamic batch dimension) and needs the
 `[export]` extra (`pip install "offline-rl[export]"`: onnx, onnxscript, onnxruntime). Every export is checked
 before it is written: the file's bytes are loaded back and must give the policy's actions to 1e-5 on a seeded
-batch of observations.
+batch of observations. (torch 2.13 marks TorchScript deprecated but still writes and loads it; its warnings are
+silenced here.)
 """
 
 from __future__ import annotations
