@@ -321,6 +321,11 @@ def reproduce(
                    f"{'yes' if r['passed'] else 'NO'}")
 
 
+from offline_rl.cli.export import export  # noqa: E402  (its heavy imports stay lazy inside)
+
+app.command("export")(export)
+
+
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1f}"
 
