@@ -66,6 +66,9 @@ class Algorithm(nn.Module):
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = object
+    trains_on: ClassVar[str] = "dataset"
+    """What the algorithm learns from: "dataset" (offline data; `offline-rl train`), or "simulator" (a model it
+    differentiates through, built from its config rather than from a dataset's spec: HDPO)."""
     graph_safe: ClassVar[bool] = False
     """True when `update` can be captured in a CUDA graph (offline_rl.training.graphs says what that needs)."""
 
