@@ -42,16 +42,19 @@ class CachedSampler:
     def sync_weights(self, model: nn.Module) -> None:
         self.model = model
 
-    def next_tokens(self, logits: Tensor, step: int, params: SamplingParams) -> Tensor:
+    def next_tokens(self, logits: Tensor, step: int, params: SamplingParams) -> tuple[Tensor, Tensor | None]:
+        """(the drawn tokens, their log-probs under the distribution they were drawn from; None when greedy)."""
         scores = logits[:, -1].to(dtype=torch.float32, copy=True)
         if step < params.min_new_tokens:
             scores[:, self.eos_id] = -float("inf")
         if params.temperature == 0:
-            return scores.argmax(-1)
+            return scores.argmax(-1), None
         if params.temperature != 1.0:
             scores = scores / params.temperature
         scores = filter_logits(scores, params.top_k, params.top_p)
-        return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+        probs = torch.softmax(scores, dim=-1)
+        tokens = torch.multinomial(probs, num_samples=1)
+        return tokens.squeeze(1), probs.gather(1, tokens).log().squeeze(1)
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], n: list[int], params: SamplingParams) -> Generation:
@@ -65,10 +68,13 @@ class CachedSampler:
                     logits_to_keep=1)
         unfinished = torch.ones(len(repeated), dtype=torch.long, device=device)
         tokens: list[Tensor] = []
+        logprobs: list[Tensor] = []
         for step in range(params.max_new_tokens):
-            nxt = self.next_tokens(out.logits, step, params)
+            nxt, lp = self.next_tokens(out.logits, step, params)
             nxt = nxt * unfinished + self.pad_id * (1 - unfinished)
             tokens.append(nxt)
+            if lp is not None:
+                logprobs.append(lp)
             unfinished = unfinished & (nxt != self.eos_id).long()
             if step + 1 == params.max_new_tokens or not unfinished.any():
                 break
@@ -80,4 +86,5 @@ class CachedSampler:
         completions = torch.stack(tokens, dim=1)
         mask, truncated = completion_mask(completions, self.eos_id)
         completions = torch.where(mask.bool(), completions, torch.full_like(completions, self.pad_id))
-        return Generation(prompt_ids, prompt_mask, completions, mask, truncated)
+        lp = torch.stack(logprobs, dim=1) * mask if logprobs else None
+        return Generation(prompt_ids, prompt_mask, completions, mask, truncated, lp)
