@@ -252,14 +252,14 @@ def test_empg_calibration_and_limits(make_ctx) -> None:
 # --- GTPO, MA-RLHF, f-DPG -----------------------------------------------------------------------------------------
 
 def test_gtpo_advantage_is_r_minus_mean_shaped_and_filtered(make_ctx) -> None:
-    ctx = with_rewards(make_ctx, [1.0, 0.0, 0.0, 1.0], G=4, T=3)
-    ctx.mask = torch.ones(4, 3)
-    ctx.old_entropy = torch.tensor([[0.2, 0.4, 0.6], [0.5] * 3, [0.9] * 3, [0.6, 0.7, 0.8]])
+    ctx = with_rewards(make_ctx, [1.0, 0.0, 0.0, 1.0, 1.0, 0.0], G=6, T=3)
+    ctx.mask = torch.ones(6, 3)
+    ctx.old_entropy = torch.tensor([[0.2, 0.4, 0.6], [0.5] * 3, [0.9] * 3, [0.6, 0.7, 0.8], [0.75] * 3, [0.1] * 3])
     a = adv("gtpo", ctx)
-    h = [0.4, 0.5, 0.9, 0.7]  # mean entropies; 0.9 > 0.7 is filtered, 0.7 is kept
-    expected = [(r - 0.5) - 0.1 * hh if hh <= 0.7 else 0.0 for r, hh in zip([1, 0, 0, 1], h)]
+    h = [0.4, 0.5, 0.9, 0.7, 0.75, 0.1]  # mean entropies; above 0.7 is filtered, 0.7 itself is kept
+    expected = [(r - 0.5) - 0.1 * hh if hh <= 0.7 + 1e-6 else 0.0 for r, hh in zip([1, 0, 0, 1, 1, 0], h)]
     assert torch.allclose(a, torch.tensor(expected), atol=1e-6)
-    assert float(ctx.metrics["entropy_filtered"]) == pytest.approx(0.25)
+    assert float(ctx.metrics["entropy_filtered"]) == pytest.approx(2 / 6)
 
 
 def macro_reference(r_outcome, old, ref, mask, seg, kl=0.05, lam=0.95, gamma=1.0, sigma="equal"):

@@ -113,3 +113,11 @@ def test_loss_terms_are_added_with_their_coefficient(make_ctx) -> None:
     assert torch.allclose(with_term - base, 0.5 * (ctx.logp * ctx.mask).sum())
     overridden = Method("m", terms=(Choice("test_sum_logp", {"coef": 0.5}),)).override({"terms.test_sum_logp.coef": 2})
     assert overridden.terms[0].params["coef"] == 2
+
+
+def test_dr_grpo_constant_is_the_length_budget(make_ctx) -> None:
+    ctx = make_ctx(B=4, T=3)
+    ctx.counts = global_counts(ctx.mask, max_len=8)  # max_new_tokens = 8, batch only 3 wide
+    loss = torch.rand(4, 3)
+    got = AGGREGATIONS.get("seq-mean-token-sum-norm")(ctx, loss)
+    assert torch.allclose(got, (loss * ctx.mask).sum() / (4 * 8))

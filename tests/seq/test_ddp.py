@@ -17,12 +17,24 @@ pytest.importorskip("transformers")
 
 from offline_rl.seq.distributed import DistWorld, wrap_ddp  # noqa: E402
 from offline_rl.seq.learner import Learner  # noqa: E402
-from offline_rl.seq.methods import get_method  # noqa: E402
+from offline_rl.seq.methods import get_method, register_method  # noqa: E402
+from offline_rl.seq.methods.base import Choice, Method  # noqa: E402
 from offline_rl.seq.policy import build_tiny_model  # noqa: E402
+from offline_rl.seq.registry import HOOKS  # noqa: E402
 from offline_rl.seq.rollout import Generation, RolloutBatch  # noqa: E402
 from offline_rl.seq.tasks import Problem  # noqa: E402
 
 B, G, P, T, V = 16, 4, 3, 5, 12
+
+
+@HOOKS.register("test_rank_state")
+def rank_state(ctx):
+    """Writes this rank's id into the method state: after the step every rank must hold rank 0's state."""
+    ctx.state["writer"] = ctx.world.rank
+    return ctx.batch
+
+
+register_method("test_rank_state", Method("test_rank_state", hook=Choice("test_rank_state")))
 METHODS = {  # name: (registered method, overrides, optimiser passes)
     "bnpo": ("bnpo", {}, 1),
     "grpo": ("grpo", {"aggregation": "token-mean"}, 1),
@@ -76,6 +88,9 @@ def _worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
     r = seq.train(task="copy", steps=2, group_size=4, prompts_per_step=4, max_new_tokens=2, save_model=False,
                   progress=False, eval_problems=2, tiny=small)
     results["train"] = (r.param_norm, r.curve, r.world_size)
+    results["state"] = seq.train(task="copy", method="test_rank_state", steps=1, group_size=2, prompts_per_step=2,
+                                 max_new_tokens=1, save_model=False, progress=False, eval_problems=1,
+                                 tiny=small).state
     from offline_rl.seq.stats import PromptStats
     from offline_rl.seq.trainer import record_step
 
@@ -112,3 +127,4 @@ def test_two_cpu_ranks_match_one_process() -> None:
         assert sum(len(h["rewards"]) for h in stats["history"].values()) > 0  # both ranks' rollouts recorded
     assert ranks[0]["sec"][2]["sec"]["updated"] == 3
     assert ranks[0]["stats"] == ranks[1]["stats"] and len(ranks[0]["stats"]["history"]) == B // G
+    assert ranks[0]["state"] == ranks[1]["state"] == {"writer": 0}  # the state is rank 0's everywhere

@@ -135,6 +135,11 @@ def test_fdpg_baseline_is_the_previous_window_mean_and_ratios_weight_off_policy_
     assert torch.allclose(loss1.detach(), -ratio * pseudo * math.log(0.5), atol=1e-6)  # no baseline yet
     loss2 = SURROGATES.get("fdpg")(ctx, divergence="kl")
     assert torch.allclose(loss2.detach(), torch.zeros(4), atol=1e-6)  # baseline = the same pseudo-reward
+    ctx.state.clear()
+    ADVANTAGES.get("fdpg_partition")(ctx)
+    js = SURROGATES.get("fdpg")(ctx)  # the default divergence, JS: -f'(t) = -log(2t / (1 + t))
+    pseudo_js = -math.log(2 * (4 / 3) / (1 + 4 / 3))
+    assert torch.allclose(js.detach(), -ratio * pseudo_js * math.log(0.5), atol=1e-6)
 
 
 # --- OTR --------------------------------------------------------------------------------------------------------
@@ -153,9 +158,23 @@ def test_otr_monte_carlo_loss_matches_the_analytic_loss() -> None:
     ctx = LossContext(mask=torch.ones(2, 3), group_ids=torch.zeros(2, dtype=torch.long), rewards=torch.zeros(2),
                       token_ids=target, logp=logp_all.gather(-1, target[..., None])[..., 0],
                       old_logp=torch.zeros(2, 3), vocab_logp=logp_all)
+
+    big = torch.log_softmax(3 * torch.randn(40, 50, 7, generator=g), -1)  # 2000 positions: the K = 256 noise averages
+    tgt = torch.randint(0, 7, (40, 50), generator=g)
+    ctx = LossContext(mask=torch.ones(40, 50), group_ids=torch.zeros(40, dtype=torch.long), rewards=torch.zeros(40),
+                      token_ids=tgt, logp=big.gather(-1, tgt[..., None])[..., 0], old_logp=torch.zeros(40, 50),
+                      vocab_logp=big)
     torch.manual_seed(0)
-    default = SURROGATES.get("otr")(ctx)  # K = 256, kappa = 1.3, beta = -0.1
-    assert torch.allclose(default, analytic, atol=0.25)
+    default = float(SURROGATES.get("otr")(ctx).mean())  # the defaults: K = 256, kappa = 1.3, beta = -0.1
+
+    def analytic_mean(kappa, beta):
+        e = torch.softmax(big / kappa, -1)
+        r = torch.full_like(e, beta).scatter_(-1, tgt[..., None], 1.0)
+        return float(-(e * r * big).sum(-1).mean())
+
+    assert default == pytest.approx(analytic_mean(1.3, -0.1), abs=0.004)  # Monte Carlo error about 0.001
+    assert abs(analytic_mean(1.0, -0.1) - analytic_mean(1.3, -0.1)) > 0.008  # so kappa and beta are pinned
+    assert abs(analytic_mean(1.3, 0.0) - analytic_mean(1.3, -0.1)) > 0.008
 
 
 def test_otr_beta_zero_kappa_one_is_a_scaled_cross_entropy_and_a_step_raises_log_pi() -> None:
@@ -234,6 +253,31 @@ def test_projection_adam_and_clip() -> None:
     opt.step()
     assert torch.allclose(p, ref.detach()) and st["t"] == 1
     assert exemplar_prompt([Problem("1+1=", "2"), Problem("3=", "3")], "5=") == "3=3;1+1=2;5="
+
+
+def test_prompt_losses_follow_the_code() -> None:
+    """-log p(answer) * 1e7 for a right greedy answer, -log(0.05) * 1e7 for a wrong one; the mean over questions."""
+    from offline_rl.seq.methods.automate_cot import prompt_losses
+    from offline_rl.seq.points.hooks import HookContext
+    from offline_rl.seq.rollout import RolloutBatch, empty_generation
+
+    questions = [Problem("1=", "1"), Problem("2=", "2")]
+    pool = [Problem(f"{i}=", str(i)) for i in range(4)]  # 2 slots x 2 candidates
+    seen = []
+
+    def generate(problems, n, prompt_texts=None, greedy=False):
+        assert greedy
+        seen.append(prompt_texts)
+        right = [1.0 if t.startswith("3=3;") else 0.0 for t in prompt_texts]  # slot 1 picks exemplar 3
+        return RolloutBatch(empty_generation(), torch.zeros(2, dtype=torch.long), problems, [""] * 2,
+                            torch.tensor([right[0], 0.0]))
+
+    ctx = HookContext(None, 0, questions, [1, 1], generate=generate,
+                      score_answers=lambda prompts, answers: torch.tensor([-0.5, -2.0]))
+    losses = prompt_losses(ctx, pool, torch.tensor([[0, 1], [1, 0]]), slots=2, size=2)
+    assert seen[0] == ["3=3;0=0;1=", "3=3;0=0;2="] and seen[1] == ["2=2;1=1;1=", "2=2;1=1;2="]
+    wrong = -math.log(0.05) * 1e7
+    assert losses.tolist() == pytest.approx([(0.5e7 + wrong) / 2, wrong])
 
 
 def test_vr_pge_optimisation_recovers_the_best_exemplars() -> None:

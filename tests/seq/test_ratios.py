@@ -64,6 +64,15 @@ def test_clip_surrogate_hand_values() -> None:
     assert torch.allclose(dual, torch.tensor([[20.0, 1.6, 5.0, 1.6]]))
 
 
+def test_bnpo_default_surrogate_has_the_runs_dual_clip(make_ctx) -> None:
+    ctx = make_ctx(B=2, T=1, G=2)
+    ctx.mask = torch.ones(2, 1)
+    ctx.advantages = torch.tensor([-1.0, 1.0])
+    ctx.log_ratio = torch.tensor([[30.0], [30.0]]).log()
+    loss = get_method("bnpo").fn("surrogate")(ctx)  # A < 0: min(-A rho, -A c) with c = 10; A > 0: clip 1 + 0.28
+    assert torch.allclose(loss, torch.tensor([[10.0], [-1.28]]))
+
+
 def test_pg_surrogate_is_minus_a_with_the_gradient_of_log_pi(make_ctx) -> None:
     ctx = make_ctx(B=4, T=3)
     ctx.advantages = torch.tensor([1.0, -2.0, 0.5, 0.0])

@@ -71,6 +71,30 @@ def test_uniform_and_sequential() -> None:
 
 # --- the statistics store ---------------------------------------------------------------------------------------
 
+def test_stats_store_default_window_is_16_rollouts() -> None:
+    s = PromptStats()
+    s.record([GroupRecord("a", [1.0] * 4 + [0.0] * 8 + [1.0] * 8)])
+    assert s.success_rate("a") == 0.5 and s.count("a") == 20  # the last 16 of 20
+
+
+def test_record_step_keeps_the_mean_abs_advantage_per_group() -> None:
+    from offline_rl.seq.context import LOCAL
+    from offline_rl.seq.rollout import Generation, RolloutBatch
+    from offline_rl.seq.trainer import record_step
+
+    gen = Generation(torch.ones(4, 2, dtype=torch.long), torch.ones(4, 2, dtype=torch.long),
+                     torch.ones(4, 3, dtype=torch.long), torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1]]),
+                     torch.zeros(4, dtype=torch.bool))
+    probs = [Problem("a=", "1", {"category": 2})] * 2 + [Problem("b=", "1")] * 2
+    batch = RolloutBatch(gen, torch.tensor([0, 0, 1, 1]), probs, ["x"] * 4, torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    stats = PromptStats()
+    token_adv = torch.tensor([[1.0, 3.0, 9.0], [-1.0, -1.0, -1.0], [0.5, 7.0, 7.0], [0.0, 0.0, 0.0]])
+    record_step(stats, batch, token_adv, 4, LOCAL)
+    a, b = stats.last_step
+    assert (a.key, a.category, a.rewards, a.step) == ("a=", 2, [1.0, 0.0], 4)
+    assert a.abs_advantage == pytest.approx((2.0 + 1.0) / 2) and b.abs_advantage == pytest.approx(0.25)
+
+
 def test_stats_store_window_counts_and_state_dict() -> None:
     s = PromptStats(window=4)
     s.record([GroupRecord("a", [1.0, 0.0, 1.0], 0.5, 1, 0), GroupRecord("b", [0.0], 0.0, 2, 0)])
@@ -91,6 +115,8 @@ def test_sec_q_update_arithmetic_and_boltzmann() -> None:
     q = q_update({0: 0.2, 1: 0.6}, [GroupRecord("x", [1.0], 0.8, 0), GroupRecord("y", [0.0], 0.4, 0),
                                     GroupRecord("z", [1.0], 1.0, 2)], alpha=0.5)
     assert q == pytest.approx({0: 0.5 * 0.6 + 0.5 * 0.2, 1: 0.6, 2: 0.5 * 1.0})  # r(0) = mean(0.8, 0.4)
+    q = q_update({0: 0.2}, [GroupRecord("x", [1.0], 0.8, 0)], alpha=0.3)
+    assert q[0] == pytest.approx(0.3 * 0.8 + 0.7 * 0.2)
     probs = boltzmann({0: 1.0, 1: 0.0}, [0, 1, 2], tau=0.5)
     e = [math.exp(2.0), 1.0, 1.0]
     assert probs == pytest.approx([x / sum(e) for x in e]) and sum(probs) == pytest.approx(1.0)
@@ -108,9 +134,11 @@ def test_sec_concentrates_on_the_category_with_pass_rate_one_half() -> None:
 def test_sec_samples_categories_by_its_q_values() -> None:
     cats = [0, 0, 1, 1]
     task, stats = Pool(cats), PromptStats()
-    state = {"sec": {"q": {0: 0.0, 1: 1.0}, "updated": 5}}
+    stats.record([GroupRecord("0=", [1.0, 0.0], 1.0, 0, 4)])  # last step: category 0 had |A| = 1
+    state = {"sec": {"q": {0: -1.0, 1: 1.0}, "updated": 4}}
     ctx = SamplerContext(5, 4000, [0, 1, 2, 3], random.Random(0), stats, task, state)
-    drawn = Counter(SAMPLERS.get("sec")(ctx))  # default tau = 1: pi(1) = e / (1 + e)
+    drawn = Counter(SAMPLERS.get("sec")(ctx))  # alpha 0.5: Q(0) = 0.5 * 1 + 0.5 * (-1) = 0; tau 1: pi(1) = e/(1+e)
+    assert state["sec"]["q"][0] == pytest.approx(0.0) and state["sec"]["updated"] == 5
     share = (drawn[2] + drawn[3]) / 4000
     assert share == pytest.approx(math.e / (1 + math.e), abs=0.03)
     assert abs(drawn[2] - drawn[3]) < 200  # uniform within the category
@@ -125,6 +153,16 @@ def test_vade_posterior_update_with_two_scale_decay() -> None:
     posterior_update(post, 7, [1.0], step=4, prior=(1.0, 1.0), lam_update=0.9, lam_time=0.99)
     f = 0.9 * 0.99 ** 3  # one update and 3 extra steps since the last visit
     assert post["alpha"][7] == pytest.approx(f * 2 + 1 + 1) and post["beta"][7] == pytest.approx(f * 1 + 1)
+
+
+def test_vade_sampler_updates_from_the_last_step_with_a_uniform_prior() -> None:
+    task, stats, state = Pool([0, 0, 0]), PromptStats(), {}
+    ctx = SamplerContext(0, 2, [0, 1, 2], random.Random(0), stats, task, state)
+    first = SAMPLERS.get("vade")(ctx)
+    stats.record([GroupRecord(task.problem(i).key, [1.0, 1.0, 0.0, 1.0], 0.0, 0, 0) for i in first])
+    SAMPLERS.get("vade")(SamplerContext(1, 2, [0, 1, 2], random.Random(1), stats, task, state))
+    post = state["vade"]
+    assert {i: (post["alpha"][i], post["beta"][i]) for i in first} == {i: (1 + 3.0, 1 + 1.0) for i in first}
 
 
 def test_vade_posterior_converges_and_tracks_a_step_change() -> None:

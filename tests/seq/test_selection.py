@@ -175,6 +175,16 @@ def test_capo_masking_keeps_realised_kl_within_delta(make_ctx) -> None:
     assert float(realised_kl(ctx, dw)[m].mean()) <= delta * 1.05
 
 
+def test_capo_default_trust_region(make_ctx) -> None:
+    ctx, _ = linear_softmax_ctx(make_ctx, B=8, seed=1)
+    ctx.hidden = 3 * ctx.hidden  # a larger step: the joint predicted KL is above 0.05
+    default = SELECTIONS.get("capo")(ctx)
+    assert 0 < int(default.sum()) < 8
+    assert torch.equal(default, SELECTIONS.get("capo")(ctx, delta=0.05, eta=1.0))
+    assert not torch.equal(default, SELECTIONS.get("capo")(ctx, delta=0.1, eta=1.0))
+    assert not torch.equal(default, SELECTIONS.get("capo")(ctx, delta=0.05, eta=0.5))
+
+
 def test_capo_infinite_delta_is_the_base_loss(make_ctx) -> None:
     ctx, _ = linear_softmax_ctx(make_ctx, seed=2)
     ctx.advantages = None
