@@ -113,14 +113,16 @@ def test_multistep_turns_and_rewards() -> None:
 
 
 def test_levels_categories_and_pool() -> None:
-    task = make_task("levels", per_level=5, levels="013")
-    assert task.size == 15
-    cats = [task.problem(i).meta["category"] for i in range(15)]
-    assert cats == [0] * 5 + [1] * 5 + [3] * 5
-    assert [task.problem(i).prompt for i in range(3)] == ["0=", "1=", "2="]  # copy one digit, each in turn
-    a, b = map(int, task.problem(7).prompt[:-1].split("+"))
-    assert a <= 4 and b <= 4 and task.problem(7).answer == str(a + b)
-    assert task.problem(20).prompt == task.problem(5).prompt  # indices wrap round the pool
+    task = make_task("levels", per_level=12, levels="013")
+    assert task.size == 10 + 12 + 12  # copy-one-digit has only 10 distinct problems
+    cats = [task.problem(i).meta["category"] for i in range(task.size)]
+    assert cats == [0] * 10 + [1] * 12 + [3] * 12
+    assert [task.problem(i).prompt for i in range(10)] == [f"{d}=" for d in range(10)]
+    assert len({task.problem(i).prompt for i in range(task.size)}) == task.size  # distinct: held out means unseen
+    a, b = map(int, task.problem(12).prompt[:-1].split("+"))
+    assert a <= 4 and b <= 4 and task.problem(12).answer == str(a + b)
+    assert task.problem(task.size + 5) == task.problem(5)  # indices wrap round the pool
+    assert make_task("levels", per_level=40, levels="1").size == 25
     with pytest.raises(UserError, match="levels"):
         make_task("levels", levels="7")
 

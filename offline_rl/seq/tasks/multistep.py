@@ -3,12 +3,13 @@
 multistep: "3+4+2=" -> "7|9": the running sums, one turn per addition, the turns separated by "|" (the task's
     turn marker). Turn-level methods (Turn-PPO, ST-PPO, EMPG steps, Stratified GRPO's turn-count strata) act on
     these turns. Reward: exact match of the whole chain (default) or of the final sum only (`reward="final"`).
-levels: a finite pool of problems in difficulty categories (Problem.meta["category"]), for curriculum samplers
-    (SEC's arms): 0 copy one digit, 1 a one-digit sum, 2 copy two digits, 3 a two-digit sum.
+levels: a finite pool of distinct problems in difficulty categories (Problem.meta["category"]), for curriculum
+    samplers (SEC's arms): 0 copy one digit, 1 a sum of digits <= 4, 2 copy two digits, 3 a two-digit sum.
 """
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from offline_rl.errors import UserError
@@ -53,10 +54,13 @@ class MultiStep(Task):
 
 @TASKS.register("levels")
 class Levels(Task):
-    """`per_level` seeded problems in each of the categories `levels` (a subset of 0-3), a finite pool."""
+    """Distinct problems in each category of `levels` (a subset of 0-3), at most `per_level` each: a finite pool.
+
+    0: copy one digit (the 10 digits), 1: a + b with a, b <= 4 (25 sums), 2: copy two digits, 3: a + b with
+    a, b <= 49; the larger categories are seeded samples without replacement.
+    """
 
     name = "levels"
-    KINDS = ("copy1", "sum1", "copy2", "sum2")
 
     def __init__(self, seed: int = 0, per_level: int = 32, levels: str = "0123") -> None:
         super().__init__(seed)
@@ -64,18 +68,24 @@ class Levels(Task):
         if not cats or any(c not in range(4) for c in cats) or per_level < 1:
             raise UserError(f"levels: categories are digits 0-3 and per_level >= 1, got {levels!r}, {per_level}")
         self.per_level, self.levels = per_level, cats
-        self.size = per_level * len(cats)
+        rng = random.Random(f"levels:{seed}")
+        self.items: list[Problem] = []
+        for cat in cats:
+            if cat in (0, 2):
+                space = [f"{d}" for d in range(10)] if cat == 0 else [f"{d:02d}" for d in range(100)]
+                picked = space if len(space) <= per_level else rng.sample(space, per_level)
+                self.items += [Problem(f"{s}=", s, {"category": cat, "solution_breakdown_parts": list(s)})
+                               for s in picked]
+            else:
+                high = 4 if cat == 1 else 49
+                space = [(a, b) for a in range(high + 1) for b in range(high + 1)]
+                picked = space if len(space) <= per_level else rng.sample(space, per_level)
+                self.items += [Problem(f"{a}+{b}=", str(a + b), {"category": cat, **arithmetic_hints(a, "+", b, a + b)})
+                               for a, b in picked]
+        self.size = len(self.items)
 
     def problem(self, index: int) -> Problem:
-        position = index % self.size
-        cat = self.levels[position // self.per_level]
-        rng = self.rng(position)
-        if cat in (0, 2):  # copy one digit (each digit in turn) or two random digits
-            s = str(position % self.per_level % 10) if cat == 0 else f"{rng.randint(0, 99):02d}"
-            return Problem(f"{s}=", s, {"category": cat, "solution_breakdown_parts": list(s)})
-        high = 4 if cat == 1 else 49  # one-digit sums (<= 8) or two-digit sums
-        a, b = rng.randint(0, high), rng.randint(0, high)
-        return Problem(f"{a}+{b}=", str(a + b), {"category": cat, **arithmetic_hints(a, "+", b, a + b)})
+        return self.items[index % self.size]
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "per_level": self.per_level, "levels": "".join(map(str, self.levels))}
