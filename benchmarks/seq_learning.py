@@ -102,7 +102,7 @@ def main() -> None:
     md = table(results, args, initial)
     print(md)
     if args.out:
-        cmd = "python benchmarks/seq_learning.py " + " ".join(sys.argv[1:])
+        cmd = "OMP_NUM_THREADS=1 nice -n 10 python benchmarks/seq_learning.py " + " ".join(sys.argv[1:])
         Path(args.out + ".json").write_text(json.dumps({"command": cmd, "args": vars(args), "wall_s": wall,
                                                         "initial_exact_match": initial, "runs": results}, indent=1))
         Path(args.out + ".md").write_text(
@@ -112,8 +112,8 @@ def main() -> None:
             f"Task `levels` (categories {args.levels}, per_level {args.per_level}: {results[0]['pool']} generated "
             f"problems, {args.max_new_tokens} new token(s)), the tiny random Llama, G = {args.group_size}, "
             f"{args.prompts} prompts per step, {args.steps} steps, lr {args.lr}, {args.seeds} seeds (mean ± std). "
-            f"Columns: greedy exact-match over the {results[0]['eval_split']} problems (the same for every "
-            f"method) at the evaluation steps, then the mean training reward over the first and last 25 steps "
+            f"Columns: greedy exact-match over the evaluation problems ({results[0]['eval_split']}: 'train' is the "
+            f"whole pool, in-sample; the same for every method) at the evaluation steps, then the mean training reward over the first and last 25 steps "
             f"(the problems each sampler picked).\n\n{md}\n")
 
 

@@ -111,6 +111,15 @@ class RolloutBatch:
     def size(self) -> int:
         return len(self.problems)
 
+    def group_rows(self, skip_flag: str | None = None) -> dict[int, list[int]]:
+        """Group id -> its row indices, in order of first appearance (rows flagged `skip_flag` left out)."""
+        skip = self.flags.get(skip_flag) if skip_flag else None
+        groups: dict[int, list[int]] = {}
+        for i, g in enumerate(self.group_ids.tolist()):
+            if skip is None or not bool(skip[i]):
+                groups.setdefault(g, []).append(i)
+        return groups
+
     def rows(self, index: Tensor) -> RolloutBatch:
         idx = index.tolist()
         return replace(self, gen=self.gen.rows(index), group_ids=self.group_ids[index],

@@ -357,7 +357,6 @@ def answer_logprobs(model: nn.Module, tok: Any, prompts: list[str], answers: lis
 def record_step(stats: PromptStats, batch: RolloutBatch, advantages: torch.Tensor | None, step: int,
                 world: Any) -> None:
     """Add this step's groups from every rank to the statistics store (demonstration rows excluded)."""
-    sft = batch.flags.get("sft")
     rewards = first_reward(batch).tolist()
     abs_adv = [0.0] * batch.size
     if advantages is not None and batch.size:
@@ -365,10 +364,7 @@ def record_step(stats: PromptStats, batch: RolloutBatch, advantages: torch.Tenso
         a = advantages.detach().abs()
         per_row = a if a.dim() == 1 else (a * mask).sum(-1) / mask.sum(-1).clamp(min=1)
         abs_adv = per_row.float().tolist()
-    groups: dict[int, list[int]] = {}
-    for i, g in enumerate(batch.group_ids.tolist()):
-        if sft is None or not bool(sft[i]):
-            groups.setdefault(g, []).append(i)
+    groups = batch.group_rows(skip_flag="sft")
     records = [GroupRecord(batch.problems[rows[0]].key, [rewards[i] for i in rows],
                            sum(abs_adv[i] for i in rows) / len(rows), batch.problems[rows[0]].meta.get("category"),
                            step, [batch.texts[i] for i in rows]) for rows in groups.values()]

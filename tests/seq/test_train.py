@@ -132,9 +132,13 @@ def test_finite_pools_train_without_their_held_out_problems(tmp_path) -> None:
 
 
 def test_reference_kl_multiple_minibatches_and_gpt2() -> None:
-    r = seq.train(**{**COPY1, "steps": 2, "group_size": 4, "prompts_per_step": 4}, model="tiny-gpt2",
-                  method_overrides={"kl_coef": 0.04}, num_iterations=2, minibatches=2, eval_problems=2)
-    assert r.status == "completed" and r.method["kl_coef"] == 0.04 and r.config["num_iterations"] == 2
+    """The reference model is loaded for the KL: after the first mini-batch the policy leaves it and the k3 term
+    changes the update (with kl_coef 0 the same run ends elsewhere)."""
+    kw = {**COPY1, "steps": 2, "group_size": 4, "prompts_per_step": 4, "lr": 3e-2}
+    runs = [seq.train(**kw, model="tiny-gpt2", method_overrides={"kl_coef": beta}, num_iterations=2, minibatches=2,
+                      eval_problems=2, save_model=False) for beta in (0.5, 0.0)]
+    assert runs[0].config["num_iterations"] == 2 and runs[0].method["kl_coef"] == 0.5
+    assert runs[0].param_norm != pytest.approx(runs[1].param_norm, abs=1e-7)
 
 
 def test_plugin_method_registered_from_a_test_module(monkeypatch) -> None:

@@ -33,9 +33,7 @@ def hpt_switch(ctx: HookContext, switch_gate: int = 0) -> Any:
     if not batch.size:
         return batch
     solved = batch.rewards.reshape(batch.size, -1)[:, 0] > 0
-    groups: dict[int, list[int]] = {}
-    for i, g in enumerate(batch.group_ids.tolist()):
-        groups.setdefault(g, []).append(i)
+    groups = batch.group_rows()
     switch = {g for g, rows in groups.items() if int(solved[rows].sum()) <= switch_gate}
     ctx.state.setdefault("hpt", {"sft_groups": 0, "rl_groups": 0})
     ctx.state["hpt"]["sft_groups"] += len(switch)

@@ -54,10 +54,7 @@ def scaf_hints(ctx: HookContext, warmup_steps: int = 50, tiers: tuple[str, ...] 
     if ctx.step < warmup_steps or not batch.size:
         return batch
     reward = batch.rewards.reshape(batch.size, -1)[:, 0]
-    groups: dict[int, list[int]] = {}
-    for i, g in enumerate(batch.group_ids.tolist()):
-        groups.setdefault(g, []).append(i)
-    hard = [rows for rows in groups.values() if bool((reward[rows] == 0).all())]
+    hard = [rows for rows in batch.group_rows().values() if bool((reward[rows] == 0).all())]
     if not hard:
         return batch
     problems, texts, levels, owner = [], [], [], []
