@@ -8,7 +8,8 @@ subprocess, so its peak memory (max RSS) is its own.
 
     python benchmarks/seq_throughput.py [--prompts 8 --group-size 8 --max-new-tokens 16 --steps 6 --warmup 2]
 
-Tokens per second = completion tokens of one iteration / the median iteration time (warm-up excluded), best of\n--repeats fresh processes per side.
+Tokens per second = completion tokens of one iteration / the median iteration time (warm-up excluded), best of
+--repeats fresh processes per side, the sides interleaved round by round (a shared machine's load falls on both).
 The TRL part is skipped with a message when TRL is not installed. The toolkit itself never imports TRL.
 """
 
@@ -57,15 +58,19 @@ def run_ours(args: argparse.Namespace) -> dict:
 
     trainer.build_policy = lambda cfg, t: (model, tok)  # the identical model object as TRL gets
     start_rss = rss_mb()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     r = seq.train(task="arithmetic", task_options={"max_operand": 99}, method="grpo", steps=args.warmup + args.steps,
                   group_size=args.group_size, prompts_per_step=args.prompts, max_new_tokens=args.max_new_tokens,
                   min_new_tokens=args.max_new_tokens, lr=args.lr, progress=False, log_every=10**9, eval_problems=1,
                   save_model=False, generator=args.generator)
-    return summary(r.step_times[args.warmup:], r.step_tokens[-1], start_rss)
+    out = summary(r.step_times[args.warmup:], r.step_tokens[-1], start_rss)
+    out["cpu_per_wall"] = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+    return out
 
 
 def run_trl(args: argparse.Namespace) -> dict:
     task, tok, model = setup(args)
+    import torch
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
@@ -74,7 +79,10 @@ def run_trl(args: argparse.Namespace) -> dict:
     problems = [task.problem(i) for i in range(args.prompts * (args.warmup + args.steps) * 2)]
     data = datasets.Dataset.from_list([{"prompt": "<bos>" + p.prompt, "answer": p.answer} for p in problems])
 
-    def exact(prompts, completions, answer, **kw):
+    lengths: list[int] = []
+
+    def exact(prompts, completions, answer, completion_ids=None, **kw):
+        lengths.extend(len(c) for c in completion_ids or [])
         return [float(c.strip() == a) for c, a in zip(completions, answer)]
 
     class Timer(TrainerCallback):
@@ -99,30 +107,45 @@ def run_trl(args: argparse.Namespace) -> dict:
     trainer = GRPOTrainer(model=model, reward_funcs=exact, args=config, train_dataset=data,
                           processing_class=tok.to_hf(), callbacks=[timer])
     start_rss = rss_mb()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     trainer.train()
-    return summary(timer.times[args.warmup:], args.prompts * args.group_size * args.max_new_tokens, start_rss)
+    cpu_share = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+    out = summary(timer.times[args.warmup:], args.prompts * args.group_size * args.max_new_tokens, start_rss)
+    out["mean_completion_len"] = sum(lengths) / max(len(lengths), 1)
+    out["step_times"] = timer.times
+    out["cpu_per_wall"], out["torch_threads"] = cpu_share, torch.get_num_threads()
+    return out
 
 
 def summary(times: list[float], tokens_per_iter: int, start_rss: float) -> dict:
     """Median iteration time (robust to other processes on a shared machine) and peak memory."""
     median = statistics.median(times)
     return {"tokens_per_s": tokens_per_iter / median, "s_per_iter": median, "peak_rss_mb": peak_mb(),
-            "rss_increase_mb": peak_mb() - start_rss}
+            "rss_increase_mb": peak_mb() - start_rss, "step_times": times}
 
 
 def child(args: argparse.Namespace, which: str) -> dict | None:
-    """Run one side in a fresh process `repeats` times; keep the fastest run (the least disturbed)."""
+    """One run of one side in a fresh process (its peak memory is its own)."""
     cmd = [sys.executable, __file__, "--child", which] + [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
                                                           if k not in ("child", "with_generate", "repeats")]
-    runs = []
-    for _ in range(args.repeats):
-        out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-        lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
-        if out.returncode != 0 or not lines:
-            print(f"{which} failed:\n{out.stderr[-3000:]}", file=sys.stderr)
-            return None
-        runs.append(json.loads(lines[-1]))
-    return max(runs, key=lambda r: r["tokens_per_s"])
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if out.returncode != 0 or not lines:
+        print(f"{which} failed:\n{out.stderr[-3000:]}", file=sys.stderr)
+        return None
+    return json.loads(lines[-1])
+
+
+def interleaved(sides: list[tuple[str, argparse.Namespace, str]], repeats: int) -> dict[str, dict | None]:
+    """`repeats` rounds, each running every side once in turn (so a shared machine's load falls on all sides
+    alike); per side the fastest round is kept (the least disturbed)."""
+    best: dict[str, dict | None] = {name: None for name, _, _ in sides}
+    for _ in range(repeats):
+        for name, a, which in sides:
+            r = child(a, which)
+            if r is not None and (best[name] is None or r["tokens_per_s"] > best[name]["tokens_per_s"]):
+                best[name] = r
+    return best
 
 
 def main() -> None:
@@ -136,7 +159,8 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=2, help="fresh processes per side; the fastest is reported")
+    p.add_argument("--repeats", type=int, default=3, help="rounds of fresh processes per side; the fastest is "
+                   "reported")
     p.add_argument("--generator", default="fast", help="ours: fast (KV-cache sampler) or hf (generate)")
     p.add_argument("--with-generate", action="store_true", help="also time ours with HF generate")
     p.add_argument("--child", choices=["ours", "trl"], default=None, help=argparse.SUPPRESS)
@@ -146,20 +170,22 @@ def main() -> None:
         return
     print(f"one GRPO iteration: {args.prompts} prompts x G={args.group_size}, L={args.max_new_tokens} tokens, "
           f"tiny Llama h={args.hidden} x {args.layers} layers, {args.threads} thread(s), {args.steps} timed steps")
-    rows = [(f"offline_rl.seq ({args.generator})", child(args, "ours"))]
+    sides = [(f"offline_rl.seq ({args.generator})", args, "ours")]
     if args.with_generate and args.generator != "hf":
-        rows.append(("offline_rl.seq (hf)", child(argparse.Namespace(**{**vars(args), "generator": "hf"}), "ours")))
+        sides.append(("offline_rl.seq (hf)", argparse.Namespace(**{**vars(args), "generator": "hf"}), "ours"))
     try:
         import trl  # noqa: F401
 
-        rows.append(("trl GRPOTrainer", child(args, "trl")))
+        sides.append(("trl GRPOTrainer", args, "trl"))
     except ImportError:
         print("TRL is not installed: skipping the TRL comparison (pip install trl)")
-    print(f"{'':22}{'tokens/s':>10}{'s/iter':>9}{'peak RSS MB':>13}{'RSS increase MB':>17}")
+    best = interleaved(sides, args.repeats)
+    rows = [(name, best[name]) for name, _, _ in sides]
+    print(f"{'':22}{'tokens/s':>10}{'s/iter':>9}{'peak RSS MB':>13}{'RSS increase MB':>17}{'CPU/wall':>10}")
     for name, r in rows:
         if r:
             print(f"{name:22}{r['tokens_per_s']:>10.0f}{r['s_per_iter']:>9.3f}{r['peak_rss_mb']:>13.0f}"
-                  f"{r['rss_increase_mb']:>17.0f}")
+                  f"{r['rss_increase_mb']:>17.0f}{r['cpu_per_wall']:>10.2f}")
     if rows[-1][0].startswith("trl") and rows[0][1] and rows[-1][1]:
         o, t = rows[0][1], rows[-1][1]
         print(f"speed ratio ours/TRL: {o['tokens_per_s'] / t['tokens_per_s']:.2f}x; "

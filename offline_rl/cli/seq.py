@@ -69,15 +69,20 @@ def train(
     max_new_tokens: int = typer.Option(8, min=1),
     temperature: float = typer.Option(1.0, min=0.0),
     lr: float = typer.Option(1e-3),
-    num_iterations: int = typer.Option(1, min=1),
-    minibatches: int = typer.Option(1, min=1),
+    num_iterations: int | None = typer.Option(None, min=1, help="optimiser passes per rollout batch "
+                                              "(default: the method's)"),
+    minibatches: int | None = typer.Option(None, min=1, help="optimiser steps per pass (default: the method's)"),
     seed: int = typer.Option(0),
     out: str | None = typer.Option(None, "--out", help="run folder: result.json, tb/, model/"),
     eval_every: int = typer.Option(0, min=0),
     eval_problems: int = typer.Option(64, min=1),
+    eval_holdout: float = typer.Option(0.2, min=0.0, max=0.9, help="finite pools: fraction held out for evaluation "
+                                       "(0: evaluate in-sample)"),
+    checkpoint_every: int = typer.Option(0, min=0, help="also checkpoint OUT/checkpoint.pt every N steps"),
+    resume: bool = typer.Option(False, help="continue from OUT/checkpoint.pt"),
     device: str = typer.Option("cpu"),
     generator: str = typer.Option("fast", help="fast (KV-cache sampler), hf (generate) or vllm"),
-    turn_marker: str | None = typer.Option(None, help="the token ending a turn (turn-level methods)"),
+    turn_marker: str | None = typer.Option(None, help="the token ending a turn (default: the task's own)"),
     set_: list[str] | None = typer.Option(None, "--set", help="method override POINT.PARAM=VALUE or kl_coef=V"),
     task_opt: list[str] | None = typer.Option(None, "--task-opt", help="task option KEY=VALUE"),
 ) -> None:
@@ -89,7 +94,8 @@ def train(
         cfg = SeqConfig(task=task, method=method, model=model, tokenizer=tokenizer, steps=steps,
                         group_size=group_size, prompts_per_step=prompts_per_step, max_new_tokens=max_new_tokens,
                         temperature=temperature, lr=lr, num_iterations=num_iterations, minibatches=minibatches,
-                        seed=seed, out_dir=out, eval_every=eval_every, eval_problems=eval_problems, device=device,
+                        seed=seed, out_dir=out, eval_every=eval_every, eval_problems=eval_problems,
+                        eval_holdout=eval_holdout, checkpoint_every=checkpoint_every, resume=resume, device=device,
                         generator=generator, turn_marker=turn_marker, method_overrides=_pairs(set_, "--set"),
                         task_options=_pairs(task_opt, "--task-opt"))
         result = run(cfg)

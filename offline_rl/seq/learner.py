@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -17,17 +19,20 @@ class Learner:
 
     With one iteration and one mini-batch the rollout-time pass is the training pass (verl's on-policy shortcut:
     old log-probs = log-probs.detach()); otherwise a no-grad pass first records old log-probs, entropies and hidden
-    states, and each mini-batch is one optimiser step.
+    states, and each mini-batch is one optimiser step, so from the second step on the ratios differ from 1.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, method: Method, *,
                  ref_model: nn.Module | None = None, world: World = LOCAL, temperature: float = 1.0,
                  max_grad_norm: float | None = 1.0, num_iterations: int = 1, minibatches: int = 1,
-                 max_len: int | None = None, turn_marker_id: int | None = None) -> None:
+                 max_len: int | None = None, turn_marker_id: int | None = None, state: dict[str, Any] | None = None,
+                 stats: Any = None) -> None:
         self.model, self.optimizer, self.method, self.ref_model, self.world = model, optimizer, method, ref_model, world
         self.temperature, self.max_grad_norm = temperature, max_grad_norm
         self.num_iterations, self.minibatches = num_iterations, minibatches
         self.max_len, self.turn_marker_id = max_len, turn_marker_id
+        self.state = {} if state is None else state
+        self.stats = stats
         self._train_pass: PolicyOutput | None = None
 
     @property
@@ -40,7 +45,8 @@ class Learner:
         model = model or (self.model if grad else unwrap(self.model))
         with torch.set_grad_enabled(grad):
             return score_completions(model, g.prompt_ids, g.prompt_mask, g.completion_ids, g.completion_mask,
-                                     self.temperature, with_hidden=hidden, entropy_grad=bool(self.method.entropy_coef))
+                                     self.temperature, with_hidden=hidden, entropy_grad=bool(self.method.entropy_coef),
+                                     with_vocab=self.method.needs_vocab_logp and grad)
 
     def prepare(self, batch: RolloutBatch, step: int = 0, total_steps: int = 1) -> LossContext:
         """The context with segment ids, advantages, sample selection and token weights filled in."""
@@ -51,12 +57,14 @@ class Learner:
         if self.ref_model is not None:
             ref = self.forward(batch, grad=False, model=self.ref_model).logp
         g = batch.gen
+        mask = g.completion_mask.float()
         ctx = LossContext(
-            mask=g.completion_mask.float(), group_ids=batch.group_ids, rewards=batch.rewards,
-            token_ids=g.completion_ids, logp=old, old_logp=old, ref_logp=ref, entropy=out.entropy.detach(),
-            old_entropy=out.entropy.detach(), hidden=out.hidden,
+            mask=mask, valid=mask, group_ids=batch.group_ids, rewards=batch.rewards, token_ids=g.completion_ids,
+            logp=old, old_logp=old, ref_logp=ref, rollout_logp=g.logprobs, entropy=out.entropy.detach(),
+            old_entropy=out.entropy.detach(), hidden=out.hidden, flags=dict(batch.flags),
             head_weight=head_weight(self.model, self.temperature) if self.method.needs_hidden else None,
-            step=step, total_steps=total_steps, turn_marker_id=self.turn_marker_id, world=self.world)
+            prompt_keys=[p.key for p in batch.problems], step=step, total_steps=total_steps,
+            turn_marker_id=self.turn_marker_id, world=self.world, state=self.state, stats=self.stats)
         m = self.method
         ctx.segment_ids = m.fn("segmenter")(ctx)
         ctx.advantages = m.fn("advantage")(ctx)
@@ -69,7 +77,8 @@ class Learner:
         return list(torch.arange(n_rows).chunk(self.minibatches))
 
     def update(self, batch: RolloutBatch, ctx: LossContext) -> dict[str, Tensor]:
-        """num_iterations x minibatches optimiser steps; returns the metrics of the last step (tensors)."""
+        """num_iterations x minibatches optimiser steps; returns the pre-step metrics and those of the last step."""
+        prepared = dict(ctx.metrics)
         metrics: dict[str, Tensor] = {}
         for _ in range(self.num_iterations):
             for rows in self.minibatch_rows(batch.size):
@@ -79,10 +88,10 @@ class Learner:
                     out, self._train_pass = self._train_pass, None
                 else:
                     out = self.forward(batch if self.minibatches == 1 else batch.rows(rows), grad=True)
-                sub = sub.with_(logp=out.logp, entropy=out.entropy)
+                sub = sub.with_(logp=out.logp, entropy=out.entropy, vocab_logp=out.vocab_logp, metrics={})
                 loss = self.step(sub)
                 metrics = {**{k: v.detach() for k, v in sub.metrics.items()}, "loss": loss.detach()}
-        return metrics
+        return {**prepared, **metrics}
 
     def loss(self, ctx: LossContext) -> Tensor:
         return policy_loss(self.method, ctx)

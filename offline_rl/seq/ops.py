@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -46,14 +48,26 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     return (x * m).sum(dim) / m.sum(dim).clamp(min=1)
 
 
-def bucket_stats(x: Tensor, bucket: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-token mean, population std and count of `x` over its bucket (bucket ids are global, any >= 0)."""
-    key = dense_ids(bucket)
-    n = int(key.max()) + 1
-    m = mask.reshape(-1).to(x.dtype)
-    xv = x.reshape(-1)
-    count = torch.zeros(n, dtype=x.dtype, device=x.device).index_add(0, key, m)
-    mean = torch.zeros_like(count).index_add(0, key, xv * m) / count.clamp(min=1)
-    var = torch.zeros_like(count).index_add(0, key, (xv - mean[key]) ** 2 * m) / count.clamp(min=1)
+def bucket_stats(x: Tensor, bucket: Tensor, mask: Tensor, world: Any = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-token mean, population std and count of `x` over its bucket, summed over every rank of `world`.
+
+    Bucket ids are non-negative integers that mean the same bucket on every rank (a position, a segment index, a
+    global row id). One all-reduce of the per-bucket (count, sum, sum of squares).
+    """
+    key = bucket.reshape(-1).long()
+    n_local = torch.tensor([int(key.max()) + 1 if key.numel() else 1])
+    n = int(world.all_gather_cat(n_local).max()) if world is not None and world.size > 1 else int(n_local)
+    m = mask.reshape(-1).double()
+    xv = x.reshape(-1).double()
+    sums = torch.zeros(3, n, dtype=torch.double, device=x.device)
+    sums[0].index_add_(0, key, m)
+    sums[1].index_add_(0, key, xv * m)
+    sums[2].index_add_(0, key, xv * xv * m)
+    if world is not None and world.size > 1:
+        sums = world.all_sum(sums)
+    count = sums[0]
+    mean = sums[1] / count.clamp(min=1)
+    var = (sums[2] / count.clamp(min=1) - mean ** 2).clamp(min=0)
     shape = x.shape
-    return mean[key].view(shape), var.sqrt()[key].view(shape), count[key].view(shape)
+    out = (mean[key].view(shape), var.sqrt()[key].view(shape), count[key].view(shape))
+    return tuple(t.to(x.dtype) for t in out)  # type: ignore[return-value]

@@ -80,6 +80,7 @@ class PolicyOutput:
     logp: Tensor  # (B, T) log pi(o_t | prompt, o_<t)
     entropy: Tensor  # (B, T) entropy of pi(. | prompt, o_<t) (a gradient only if asked)
     hidden: Tensor | None = None  # (B, T, D) input of the LM head (no gradient)
+    vocab_logp: Tensor | None = None  # (B, T, V) log pi(. | prompt, o_<t) over the vocabulary (when asked)
 
 
 @contextmanager
@@ -99,7 +100,7 @@ def capture_head_input(model: nn.Module, enabled: bool):
 
 def score_completions(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
                       completion_mask: Tensor, temperature: float = 1.0, with_hidden: bool = False,
-                      entropy_grad: bool = False) -> PolicyOutput:
+                      entropy_grad: bool = False, with_vocab: bool = False) -> PolicyOutput:
     """Per-token log-probs and entropies of the completions in one forward pass (no loop over tokens).
 
     Prompts are left-padded, completions right-padded; position ids follow the attention mask as in `generate`.
@@ -120,7 +121,8 @@ def score_completions(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor,
     with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
         entropy = logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)
     hidden = store["hidden"][:, -T - 1:-1] if with_hidden else None
-    return PolicyOutput(logp, entropy, hidden)
+    vocab = logits - logz.unsqueeze(-1) if with_vocab else None
+    return PolicyOutput(logp, entropy, hidden, vocab)
 
 
 def head_weight(model: nn.Module, temperature: float = 1.0) -> Tensor:

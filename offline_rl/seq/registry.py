@@ -37,7 +37,11 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """The entry `name` means (case, `-`, `_` and `+` ignored), or a UserError with the closest names."""
-        return self._items[resolve(name, self._items, self.kind, UserError)]
+        return self._items[self.canonical(name)]
+
+    def canonical(self, name: str) -> str:
+        """The registered spelling of `name`, or a UserError with the closest names."""
+        return resolve(name, self._items, self.kind, UserError)
 
     def names(self) -> list[str]:
         return sorted(self._items)
@@ -57,7 +61,8 @@ ADVANTAGES: Registry[Callable[..., Any]] = Registry("advantage estimator", "P4: 
 SELECTIONS: Registry[Callable[..., Any]] = Registry("sample selection", "P5: keep mask (B,)")
 TOKEN_WEIGHTS: Registry[Callable[..., Any]] = Registry("token weights", "P6: weights (B, T)")
 RATIOS: Registry[Callable[..., Any]] = Registry("ratio transform", "P7: log-ratio per token from segment_ids")
-SURROGATES: Registry[Callable[..., Any]] = Registry("surrogate loss", "P8: per-token loss (B, T)")
+SURROGATES: Registry[Callable[..., Any]] = Registry("surrogate loss", "P8: per-token (B, T) or per-sequence (B,) loss")
+LOSS_TERMS: Registry[Callable[..., Any]] = Registry("loss term", "P8 add-on: a scalar added to the loss (SFT, ...)")
 AGGREGATIONS: Registry[Callable[..., Any]] = Registry("aggregation", "P9: per-token loss -> scalar, DP-invariant")
 LOSS_SCALES: Registry[Callable[..., Any]] = Registry("loss scale", "P9 hook: a scalar multiplier of the loss")
 SEGMENTERS: Registry[Callable[..., Any]] = Registry("segmenter", "P10: segment_ids (B, T) per sequence")
@@ -78,4 +83,4 @@ EXTENSION_POINTS: dict[str, Registry[Callable[..., Any]]] = {
 }
 """Method field name -> the registry its choice is looked up in."""
 
-ALL_REGISTRIES: dict[str, Registry[Any]] = {**EXTENSION_POINTS, "stratum": STRATA}
+ALL_REGISTRIES: dict[str, Registry[Any]] = {**EXTENSION_POINTS, "terms": LOSS_TERMS, "stratum": STRATA}

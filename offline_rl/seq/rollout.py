@@ -30,6 +30,12 @@ class Generation:
     completion_ids: Tensor  # (B, T)
     completion_mask: Tensor  # (B, T): tokens up to and including the first eos
     truncated: Tensor  # (B,) bool: no eos within max_new_tokens
+    logprobs: Tensor | None = None  # (B, T): the generator's log-prob of each drawn token (where it reports them)
+
+    def rows(self, index: Tensor) -> Generation:
+        return Generation(*(t[index] for t in (self.prompt_ids, self.prompt_mask, self.completion_ids,
+                                               self.completion_mask, self.truncated)),
+                          None if self.logprobs is None else self.logprobs[index])
 
 
 class Generator(Protocol):
@@ -72,7 +78,8 @@ class HFGenerator:
 
         repeated = [p for p, k in zip(prompts, n) for _ in range(k)]
         prompt_ids, prompt_mask = left_pad(repeated, self.pad_id)
-        sampling = {"do_sample": True, "temperature": params.temperature, "top_k": params.top_k or None,
+        # top_k = 0 is passed as 0 (off): None would let `generate` fall back to its default top-k of 50.
+        sampling = {"do_sample": True, "temperature": params.temperature, "top_k": params.top_k,
                     "top_p": params.top_p} if params.temperature > 0 else {"do_sample": False}  # 0: greedy
         config = GenerationConfig(**sampling, max_new_tokens=params.max_new_tokens,
                                   min_new_tokens=params.min_new_tokens, pad_token_id=self.pad_id,
@@ -89,36 +96,113 @@ class HFGenerator:
 
 @dataclass
 class RolloutBatch:
-    """A scored batch of completions, grouped by prompt."""
+    """A scored batch of completions, grouped by prompt. `flags` holds per-row (B,) tensors (e.g. "sft" for
+    demonstration rows a hook added); they reach `LossContext.flags`."""
 
     gen: Generation
     group_ids: Tensor  # (B,) long
     problems: list[Problem]  # one per row
     texts: list[str]  # decoded completions
     rewards: Tensor  # (B,) or (B, K)
+    flags: dict[str, Tensor] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
         return len(self.problems)
 
+    def group_rows(self, skip_flag: str | None = None) -> dict[int, list[int]]:
+        """Group id -> its row indices, in order of first appearance (rows flagged `skip_flag` left out)."""
+        skip = self.flags.get(skip_flag) if skip_flag else None
+        groups: dict[int, list[int]] = {}
+        for i, g in enumerate(self.group_ids.tolist()):
+            if skip is None or not bool(skip[i]):
+                groups.setdefault(g, []).append(i)
+        return groups
+
     def rows(self, index: Tensor) -> RolloutBatch:
         idx = index.tolist()
-        g = self.gen
-        gen = replace(g, prompt_ids=g.prompt_ids[index], prompt_mask=g.prompt_mask[index],
-                      completion_ids=g.completion_ids[index], completion_mask=g.completion_mask[index],
-                      truncated=g.truncated[index])
-        return replace(self, gen=gen, group_ids=self.group_ids[index], problems=[self.problems[i] for i in idx],
-                       texts=[self.texts[i] for i in idx], rewards=self.rewards[index])
+        return replace(self, gen=self.gen.rows(index), group_ids=self.group_ids[index],
+                       problems=[self.problems[i] for i in idx], texts=[self.texts[i] for i in idx],
+                       rewards=self.rewards[index], flags={k: v[index] for k, v in self.flags.items()})
+
+
+def _pad_to(x: Tensor, width: int, value: int | float, left: bool) -> Tensor:
+    pad = width - x.shape[1]
+    if pad <= 0:
+        return x
+    filler = torch.full((x.shape[0], pad), value, dtype=x.dtype, device=x.device)
+    return torch.cat([filler, x] if left else [x, filler], dim=1)
+
+
+def concat_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
+    """Rows of several batches in order (prompts re-left-padded, completions re-right-padded to a common width)."""
+    batches = [b for b in batches if b.size]
+    if len(batches) == 1:
+        return batches[0]
+    P = max(b.gen.prompt_ids.shape[1] for b in batches)
+    T = max(b.gen.completion_ids.shape[1] for b in batches)
+    with_lp = all(b.gen.logprobs is not None for b in batches)
+    gen = Generation(
+        torch.cat([_pad_to(b.gen.prompt_ids, P, pad_id, True) for b in batches]),
+        torch.cat([_pad_to(b.gen.prompt_mask, P, 0, True) for b in batches]),
+        torch.cat([_pad_to(b.gen.completion_ids, T, pad_id, False) for b in batches]),
+        torch.cat([_pad_to(b.gen.completion_mask, T, 0, False) for b in batches]),
+        torch.cat([b.gen.truncated for b in batches]),
+        torch.cat([_pad_to(b.gen.logprobs, T, 0.0, False) for b in batches]) if with_lp else None)
+    names = {k for b in batches for k in b.flags}
+    flags = {k: torch.cat([b.flags.get(k, torch.zeros(b.size, dtype=torch.bool, device=b.group_ids.device))
+                           for b in batches]) for k in names}
+    rewards = torch.cat([b.rewards.reshape(b.size, -1) for b in batches])
+    return RolloutBatch(gen, torch.cat([b.group_ids for b in batches]), [p for b in batches for p in b.problems],
+                        [t for b in batches for t in b.texts], rewards.squeeze(-1) if rewards.shape[1] == 1 else rewards,
+                        flags)
+
+
+def demonstrations(tokenizer: Any, task: Any, problems: list[Problem], group_ids: list[int],
+                   device: torch.device | str = "cpu", flag: str = "sft") -> RolloutBatch:
+    """Teacher-forced rows: each problem's reference answer (+ eos) as the completion, flagged `flag` = True.
+
+    The rows are scored by the task (a correct reference scores 1) so that statistics stay meaningful.
+    """
+    prompts = [tokenizer.encode_prompt(p.prompt) for p in problems]
+    answers = [tokenizer.encode(p.answer) + [tokenizer.eos_id] for p in problems]
+    prompt_ids, prompt_mask = left_pad(prompts, tokenizer.pad_id)
+    width = max(len(a) for a in answers)
+    comp = torch.full((len(answers), width), tokenizer.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(answers), width), dtype=torch.long)
+    for i, a in enumerate(answers):
+        comp[i, : len(a)] = torch.tensor(a, dtype=torch.long)
+        mask[i, : len(a)] = 1
+    gen = Generation(prompt_ids.to(device), prompt_mask.to(device), comp.to(device), mask.to(device),
+                     torch.zeros(len(answers), dtype=torch.bool, device=device))
+    rewards = torch.tensor([task.reward(p.answer, p) for p in problems], dtype=torch.float32, device=device)
+    return RolloutBatch(gen, torch.tensor(group_ids, dtype=torch.long, device=device), list(problems),
+                        [p.answer for p in problems], rewards,
+                        {flag: torch.ones(len(problems), dtype=torch.bool, device=device)})
+
+
+def empty_generation(device: torch.device | str = "cpu") -> Generation:
+    z = torch.zeros((0, 1), dtype=torch.long, device=device)
+    return Generation(z, z.clone(), z.clone(), z.clone(), torch.zeros(0, dtype=torch.bool, device=device))
 
 
 def collect(generator: Generator, tokenizer: Any, task: Any, problems: list[Problem], n: list[int],
-            params: SamplingParams, group_offset: int = 0) -> RolloutBatch:
-    """Generate n[i] completions of each problem, decode them and score them with the task's checker."""
-    gen = generator.generate([tokenizer.encode_prompt(p.prompt) for p in problems], n, params)
+            params: SamplingParams, group_offset: int = 0, prompt_texts: list[str] | None = None,
+            device: torch.device | str = "cpu") -> RolloutBatch:
+    """Generate n[i] completions of each problem, decode them and score them with the task's checker.
+
+    `prompt_texts` replaces the prompts the model sees (hints, exemplars); scoring still uses `problems`.
+    """
+    texts_in = prompt_texts if prompt_texts is not None else [p.prompt for p in problems]
+    if sum(n) == 0:
+        gen = empty_generation(device)
+    else:
+        gen = generator.generate([tokenizer.encode_prompt(t) for t in texts_in], n, params)
     rows = [p for p, k in zip(problems, n) for _ in range(k)]
     group_ids = torch.tensor([group_offset + i for i, k in enumerate(n) for _ in range(k)], dtype=torch.long)
     ids, mask = gen.completion_ids.tolist(), gen.completion_mask.tolist()
     texts = [tokenizer.decode([t for t, m in zip(r, mr) if m]) for r, mr in zip(ids, mask)]
     rewards = torch.tensor([task.reward(t, p) for t, p in zip(texts, rows)], dtype=torch.float32)
-    return RolloutBatch(gen, group_ids.to(gen.completion_ids.device), rows, texts, rewards.to(gen.completion_ids.device))
+    device = gen.completion_ids.device
+    return RolloutBatch(gen, group_ids.to(device), rows, texts, rewards.to(device))

@@ -22,6 +22,7 @@ class SeqTokenizer(Protocol):
     eos_id: int
     vocab_size: int
 
+    def encode(self, text: str) -> list[int]: ...
     def encode_prompt(self, text: str) -> list[int]: ...
     def decode(self, ids: Sequence[int]) -> str: ...
     def token_id(self, text: str) -> int | None: ...
@@ -89,9 +90,11 @@ class HFTokenizer:
         self.bos_id = tok.bos_token_id
         self.vocab_size = len(tok)
 
+    def encode(self, text: str) -> list[int]:
+        return list(self.tok(text, add_special_tokens=False)["input_ids"])
+
     def encode_prompt(self, text: str) -> list[int]:
-        ids = self.tok(text, add_special_tokens=False)["input_ids"]
-        return ([self.bos_id] if self.bos_id is not None else []) + list(ids)
+        return ([self.bos_id] if self.bos_id is not None else []) + self.encode(text)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=True)

@@ -102,3 +102,97 @@ def test_fast_sampler_draws_the_same_tokens_as_generate(arch: str) -> None:
         a, b = outs
         assert torch.equal(a.completion_ids, b.completion_ids) and torch.equal(a.completion_mask, b.completion_mask)
         assert torch.equal(a.prompt_ids, b.prompt_ids) and torch.equal(a.truncated, b.truncated)
+
+
+@pytest.mark.parametrize("generator", ["hf", "fast"])
+def test_top_k_zero_samples_the_full_softmax_over_a_vocabulary_above_50(generator: str) -> None:
+    """top_k = 0 is off: the draws follow the softmax the learner scores, beyond the 50 most likely tokens."""
+    from offline_rl.seq.fast_generator import CachedSampler
+
+    V = 80
+    model = build_tiny_model(V, seed=4, hidden_size=16, num_layers=1, num_heads=2)
+    prompt = [1, 5, 9]
+    with torch.no_grad():
+        probs = torch.softmax(model(input_ids=torch.tensor([prompt])).logits[0, -1].float(), -1)
+    outside = torch.argsort(probs, descending=True)[50:]
+    mass = float(probs[outside].sum())
+    cls = HFGenerator if generator == "hf" else CachedSampler
+    torch.manual_seed(0)
+    out = cls(model, 0, 2).generate([prompt], [4000], SamplingParams(max_new_tokens=1))
+    drawn = out.completion_ids[:, 0]
+    frac = float(torch.isin(drawn, outside).float().mean())
+    assert mass > 0.2 and frac == pytest.approx(mass, abs=0.03), (frac, mass)
+    torch.manual_seed(0)
+    cut = cls(model, 0, 2).generate([prompt], [2000], SamplingParams(max_new_tokens=1, top_k=50))
+    assert not torch.isin(cut.completion_ids[:, 0], outside).any()  # a real top-k when asked for
+
+
+class FakeVLLM:
+    """A stand-in for the vllm module: SamplingParams records its arguments; LLM returns fixed completions."""
+
+    class SamplingParams:
+        def __init__(self, **kw) -> None:
+            self.kw = kw
+
+    class Logprob:
+        def __init__(self, v: float) -> None:
+            self.logprob = v
+
+    class LLM:
+        def __init__(self) -> None:
+            self.loaded, self.calls = [], []
+
+        def apply_model(self, fn) -> None:
+            class EngineModel:
+                def load_weights(inner, weights):  # noqa: N805
+                    self.loaded.append(len(weights))
+            fn(EngineModel())
+
+        def generate(self, requests, sampling, use_tqdm=False):
+            self.calls.append([s.kw for s in sampling])
+            outs = []
+            for _req, s in zip(requests, sampling):
+                comps = []
+                for j in range(s.kw["n"]):
+                    ids = [5 + j, 6, 2] if j % 2 == 0 else [7]
+                    comps.append(type("C", (), {"token_ids": ids,
+                                                "logprobs": [{t: FakeVLLM.Logprob(-0.5 * (k + 1))} for k, t in
+                                                             enumerate(ids)]}))
+                outs.append(type("O", (), {"outputs": comps}))
+            return outs
+
+
+def test_vllm_batches_are_built_on_the_policy_device() -> None:
+    from offline_rl.seq.vllm_generator import VLLMGenerator
+
+    with torch.device("meta"):
+        meta_model = build_tiny_model(12, seed=0, hidden_size=16, num_layers=1, num_heads=2)
+    llm = FakeVLLM.LLM()
+    gen = VLLMGenerator("unused", 0, 2, engine=llm, vllm_module=FakeVLLM)
+    gen.sync_weights(meta_model)
+    out = gen.generate([[1, 3], [1, 4, 4]], [2, 1], SamplingParams(max_new_tokens=4))
+    tensors = [out.prompt_ids, out.prompt_mask, out.completion_ids, out.completion_mask, out.truncated, out.logprobs]
+    assert all(t.device.type == "meta" for t in tensors) and llm.loaded
+    kw = llm.calls[0][0]
+    assert kw["top_k"] == -1 and kw["logprobs"] == 0 and kw["n"] == 2  # full softmax, sampled-token log-probs
+
+
+def test_vllm_batch_reaches_the_learner() -> None:
+    from offline_rl.seq.learner import Learner
+    from offline_rl.seq.methods import get_method
+    from offline_rl.seq.rollout import collect
+    from offline_rl.seq.tasks import make_task
+    from offline_rl.seq.vllm_generator import VLLMGenerator
+
+    tok = CharTokenizer()
+    model = build_tiny_model(tok.vocab_size, seed=0, hidden_size=16, num_layers=1, num_heads=2)
+    gen = VLLMGenerator("unused", tok.pad_id, tok.eos_id, engine=FakeVLLM.LLM(), vllm_module=FakeVLLM)
+    gen.sync_weights(model)
+    task = make_task("copy")
+    batch = collect(gen, tok, task, [task.problem(0), task.problem(1)], [2, 2], SamplingParams(max_new_tokens=4))
+    learner = Learner(model, torch.optim.SGD(model.parameters(), lr=0.1), get_method("grpo"), max_len=4)
+    ctx = learner.prepare(batch)
+    device = next(model.parameters()).device
+    assert ctx.mask.device == device and ctx.rollout_logp is not None
+    assert ctx.rollout_logp[0, :3].tolist() == [-0.5, -1.0, -1.5] and ctx.rollout_logp[1, 1] == 0
+    assert torch.isfinite(learner.update(batch, ctx)["loss"])

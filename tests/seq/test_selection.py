@@ -1,15 +1,15 @@
-"""P5/P6 methods: GTPO conflict masks and filter, D3S subsets and token masks, CAPO's curvature model."""
+"""P5/P6: GTPO conflict masks, filter and loss, D3S subsets, token masks and schedule, CAPO's curvature model,
+the entropy top fraction, the degenerate-group filter."""
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 
 import pytest
 import torch
+from seq_helpers import prepared_loss
 
-from offline_rl.seq.loss import policy_loss
 from offline_rl.seq.methods import get_method
 from offline_rl.seq.methods.base import Method
 from offline_rl.seq.methods.capo import (
@@ -21,21 +21,7 @@ from offline_rl.seq.methods.capo import (
 )
 from offline_rl.seq.methods.d3s import max_variance_subset, schedule
 from offline_rl.seq.methods.gtpo import conflict_weights
-from offline_rl.seq.points.advantages import grpo
 from offline_rl.seq.registry import SELECTIONS, TOKEN_WEIGHTS
-
-
-def prepared_loss(method: Method, ctx) -> torch.Tensor:
-    """The learner's pre-step stages (P10, P4, P5, P6) then the loss, on a copy of ctx."""
-    ctx = dataclasses.replace(ctx, metrics={})
-    ctx.segment_ids = method.fn("segmenter")(ctx)
-    ctx.advantages = method.fn("advantage")(ctx)
-    ctx.mask = ctx.mask * method.fn("selection")(ctx)[:, None]
-    ctx.token_weights = method.fn("token_weights")(ctx)
-    ctx.counts = dataclasses.replace(ctx.counts, tokens=float(ctx.mask.sum()),
-                                     seqs=float((ctx.mask.sum(-1) > 0).sum()))
-    return policy_loss(method, ctx)
-
 
 # --- GTPO -------------------------------------------------------------------------------------------------------
 
@@ -76,11 +62,26 @@ def test_gtpo_without_conflicts_or_filter_is_plain_policy_gradient(make_ctx) -> 
     ctx.rewards = torch.tensor([1.0, 0.0, 1.0, 0.0])
     method = get_method("gtpo").override({"advantage.entropy_threshold": math.inf, "advantage.entropy_scale": 0.0})
     loss = prepared_loss(method, ctx)
-    a = grpo(ctx)
+    a = torch.tensor([0.5, -0.5, 0.5, -0.5])  # r - mean (the code's advantage, no std)
     m = ctx.mask
     plain = (-(a[:, None] * ctx.logp * m).sum(-1) / m.sum(-1)).mean()
     g1, g2 = (torch.autograd.grad(x, ctx.logp, retain_graph=True)[0] for x in (loss, plain))
     assert torch.allclose(g1, g2, atol=1e-6)
+
+
+def test_gtpo_loss_matches_the_code_per_completion(make_ctx) -> None:
+    """-sum_t delta A rho / |o| per completion, divided by its conflict count, then the mean over completions."""
+    ctx = gtpo_group(make_ctx)
+    ctx.old_entropy = torch.full((3, 5), 0.3)
+    loss = prepared_loss(get_method("gtpo"), ctx)
+    a = [1 / 3 - 0.03, 1 / 3 - 0.03, -2 / 3 - 0.03]  # r - mean, shaped by -0.1 H
+    delta = [[2, 2, 2, 1, 1], [2, 2, 2, 1, 1], [0, 0, 0, 1, 0]]
+    lengths, conflicts = [5, 5, 4], [3, 3, 3]
+    per = []
+    for i in range(3):
+        s = sum(-delta[i][t] * a[i] for t in range(lengths[i]))  # rho = 1 in value
+        per.append(s / lengths[i] / conflicts[i])
+    assert float(loss.detach()) == pytest.approx(sum(per) / 3, abs=1e-6)
 
 
 # --- D3S --------------------------------------------------------------------------------------------------------
@@ -174,6 +175,16 @@ def test_capo_masking_keeps_realised_kl_within_delta(make_ctx) -> None:
     assert float(realised_kl(ctx, dw)[m].mean()) <= delta * 1.05
 
 
+def test_capo_default_trust_region(make_ctx) -> None:
+    ctx, _ = linear_softmax_ctx(make_ctx, B=8, seed=1)
+    ctx.hidden = 3 * ctx.hidden  # a larger step: the joint predicted KL is above 0.05
+    default = SELECTIONS.get("capo")(ctx)
+    assert 0 < int(default.sum()) < 8
+    assert torch.equal(default, SELECTIONS.get("capo")(ctx, delta=0.05, eta=1.0))
+    assert not torch.equal(default, SELECTIONS.get("capo")(ctx, delta=0.1, eta=1.0))
+    assert not torch.equal(default, SELECTIONS.get("capo")(ctx, delta=0.05, eta=0.5))
+
+
 def test_capo_infinite_delta_is_the_base_loss(make_ctx) -> None:
     ctx, _ = linear_softmax_ctx(make_ctx, seed=2)
     ctx.advantages = None
@@ -183,3 +194,42 @@ def test_capo_infinite_delta_is_the_base_loss(make_ctx) -> None:
     assert prepared_loss(capo_tokens, ctx) != prepared_loss(Method("grpo"), ctx)
 
 
+
+
+def test_d3s_batch_scope_keeps_the_batch_max_variance_subset(make_ctx) -> None:
+    ctx = make_ctx(B=8, G=4)
+    ctx.advantages = torch.tensor([0.1, 0.2, 3.0, -0.1, 0.0, -2.0, 0.3, 0.05])
+    keep = SELECTIONS.get("d3s")(ctx, m_frac=0.25, scope="batch", schedule_kind="constant")
+    assert torch.nonzero(keep).squeeze(1).tolist() == [2, 5]  # the extremes, across groups
+
+
+def test_d3s_default_schedule_is_linear_from_one_half(make_ctx) -> None:
+    ctx = make_ctx(B=12, G=6)
+    ctx.advantages = torch.randn(12, generator=torch.Generator().manual_seed(0))
+    ctx.step, ctx.total_steps = 0, 10
+    assert SELECTIONS.get("d3s")(ctx).view(2, 6).sum(-1).tolist() == [3, 3]  # m = 0.5 G at the start
+    ctx.step = 5
+    assert SELECTIONS.get("d3s")(ctx).view(2, 6).sum(-1).tolist() == [4, 4]  # round(0.75 * 6) = 4 (banker's: 4.5 -> 4)
+    ctx.step = 10
+    assert SELECTIONS.get("d3s")(ctx).all()
+    ctx.step = 0
+    w = TOKEN_WEIGHTS.get("d3s")(ctx)
+    assert int(w.sum()) == math.ceil(0.5 * int(ctx.mask.sum()))
+
+
+def test_top_entropy_keeps_the_top_fraction_with_ties_to_the_earlier_token(make_ctx) -> None:
+    ctx = make_ctx(B=2, T=3)
+    ctx.mask = torch.tensor([[1.0, 1, 1], [1, 1, 0]])
+    ctx.old_entropy = torch.tensor([[0.5, 2.0, 1.0], [2.0, 0.1, 9.0]])  # 9.0 is padding
+    w = TOKEN_WEIGHTS.get("top_entropy")(ctx)  # rho 0.2 of 5 tokens: ceil -> 1, the first 2.0
+    assert w.tolist() == [[0, 1, 0], [0, 0, 0]]
+    w = TOKEN_WEIGHTS.get("top_entropy")(ctx, rho=0.5)  # 3 tokens: 2.0, 2.0, 1.0
+    assert w.tolist() == [[0, 1, 1], [1, 0, 0]]
+
+
+def test_nonzero_advantage_and_not_sft_selections(make_ctx) -> None:
+    ctx = make_ctx(B=4, T=3)
+    ctx.advantages = torch.tensor([0.0, 1.0, -0.5, 0.0])
+    assert SELECTIONS.get("nonzero_advantage")(ctx).tolist() == [False, True, True, False]
+    ctx.flags["sft"] = torch.tensor([True, False, True, False])
+    assert SELECTIONS.get("not_sft")(ctx).tolist() == [False, True, False, True]

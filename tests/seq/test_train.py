@@ -21,7 +21,10 @@ from offline_rl.seq.tasks import make_task  # noqa: E402
 from offline_rl.seq.trainer import evaluate  # noqa: E402
 
 COPY1 = dict(task="copy", task_options={"min_len": 1, "max_len": 1}, max_new_tokens=1, group_size=8,
-             prompts_per_step=16, lr=3e-3, progress=False, log_every=1000, seed=0)
+             prompts_per_step=16, lr=3e-3, progress=False, log_every=1000, seed=0, eval_holdout=0.0)
+SMALL = {"hidden_size": 16, "num_layers": 1, "num_heads": 2}
+TASK_FOR = {"turn_ppo": "multistep", "st_ppo": "multistep", "stratified_grpo": "multistep", "sec": "levels",
+            "vade": "levels", "mmr1_vps": "levels"}
 
 
 @seq.register_method("test_rloo_token_mean")
@@ -36,16 +39,18 @@ def test_train_writes_result_tensorboard_and_a_model_that_round_trips(tmp_path) 
     r = seq.train(**{**COPY1, "steps": 4}, out_dir=str(out), eval_problems=10)
     result = json.loads((out / "result.json").read_text())
     assert result["status"] == "completed" and len(result["curve"]) == 4 and result["config"]["task"] == "copy"
+    assert result["eval_split"] == "train"  # the 10-problem pool is evaluated in-sample here (eval_holdout 0)
     assert result["method"]["advantage"]["name"] == "grpo" and result["tokens_per_s"] > 0
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tb").iterdir())
     model, tok = load_policy(out / "model")
-    assert evaluate(model, tok, make_task("copy", min_len=1, max_len=1), 10, 1) == r.final_eval
+    assert evaluate(model, tok, make_task("copy", min_len=1, max_len=1), 10, 1, holdout=0.0) == r.final_eval
     again = seq.train(**{**COPY1, "steps": 1}, model=str(out / "model"), eval_problems=2, save_model=False)
     assert again.model == r.model  # training resumes from the saved directory (--model PATH)
 
 
 def test_grpo_learns_single_digit_copy() -> None:
-    """GRPO lifts a random tiny Llama's exact-match on 1-digit copy from ~1/V to near 1 (seed 0, ~100 steps)."""
+    """GRPO lifts a random tiny Llama's exact-match on 1-digit copy from ~1/V to near 1 (seed 0, ~100 steps);
+    the pool of 10 is evaluated in-sample (eval_holdout 0)."""
     r = seq.train(**COPY1, steps=100, eval_problems=10)
     first = sum(c[1] for c in r.curve[:10]) / 10
     last = sum(c[1] for c in r.curve[-10:]) / 10
@@ -61,16 +66,79 @@ def test_grpo_learns_single_digit_arithmetic() -> None:
 
 
 def test_every_method_trains_a_step() -> None:
+    """Each registered method runs on a task with the features it needs; trained methods move the weights."""
+    start = None
     for name in seq.available_methods():
-        r = seq.train(**{**COPY1, "steps": 1, "group_size": 4, "prompts_per_step": 2, "max_new_tokens": 2},
-                      method=name, eval_problems=2, save_model=False)
+        overrides = {"hook.warmup_steps": 0} if name == "scaf_grpo" else {}
+        if name == "gtpo":  # the code's 0.7 filters every completion of a random tiny model (it warns)
+            overrides = {"advantage.entropy_threshold": 5.0}
+        if name == "automate_cot":
+            overrides = {"hook.slots": 2, "hook.candidates": 2, "hook.samples": 2}
+        # one-digit copy (a random model succeeds about 1 time in V, so groups have non-zero advantages); the
+        # curriculum samplers get the same problems as the `levels` pool, turn methods a turn marker
+        task = {"task": "levels", "task_options": {"levels": "0", "per_level": 10}} \
+            if TASK_FOR.get(name) == "levels" else {}
+        marker = {"turn_marker": "5"} if TASK_FOR.get(name) == "multistep" else {}
+        r = seq.train(**{**COPY1, "steps": 1, **task, **marker}, method=name, eval_problems=2, save_model=False,
+                      tiny=SMALL, method_overrides=overrides)
+        start = start or seq.train(**{**COPY1, "steps": 1, "lr": 0.0}, eval_problems=2, save_model=False,
+                                   tiny=SMALL).param_norm
         assert r.status == "completed", name
+        trained = seq.get_method(name).trains_policy
+        assert (r.param_norm != pytest.approx(start, abs=1e-9)) == trained, name
+
+
+def test_gtpo_says_when_its_filter_removes_everything(caplog) -> None:
+    with caplog.at_level("WARNING", logger="offline_rl.seq"):
+        r = seq.train(**{**COPY1, "steps": 2}, method="gtpo", eval_problems=2, save_model=False, tiny=SMALL)
+    assert r.state["gtpo_warned"] and sum("entropy filter removed every completion" in m for m in caplog.messages) == 1
+
+
+def test_methods_refuse_unmet_task_preconditions() -> None:
+    from offline_rl.errors import UserError
+
+    for method, task, needle in [("turn_ppo", "copy", "turn markers"), ("stratified_grpo", "arithmetic", "turn"),
+                                 ("sec", "copy", "categories"), ("vade", "arithmetic", "finite problem pool"),
+                                 ("scaf_grpo", "countdown", "tiered hints")]:
+        with pytest.raises(UserError, match=needle):
+            seq.train(**{**COPY1, "steps": 1, "task": task, "task_options": {}}, method=method, save_model=False)
+    r = seq.train(**{**COPY1, "steps": 1, "task": "copy", "task_options": {}}, method="stratified_grpo",
+                  save_model=False, method_overrides={"advantage.stratum": "length_bins"}, eval_problems=2,
+                  tiny=SMALL)
+    assert r.status == "completed"  # another stratum needs no turn markers
+
+
+def test_resume_continues_exactly(tmp_path) -> None:
+    """A run stopped after 2 steps and resumed to 4 equals the uninterrupted 4-step run (weights, curve, state)."""
+    kw = {**COPY1, "task": "levels", "task_options": {"per_level": 4}, "method": "sec", "group_size": 4,
+          "prompts_per_step": 4, "max_new_tokens": 2, "eval_problems": 2, "save_model": False, "tiny": SMALL}
+    full = seq.train(**kw, steps=4, out_dir=str(tmp_path / "full"))
+    seq.train(**kw, steps=2, out_dir=str(tmp_path / "cut"))
+    resumed = seq.train(**kw, steps=4, out_dir=str(tmp_path / "cut"), resume=True)
+    assert resumed.curve == full.curve and resumed.param_norm == full.param_norm
+    assert resumed.state == full.state and full.state["sec"]["updated"] == 3
+
+
+def test_finite_pools_train_without_their_held_out_problems(tmp_path) -> None:
+    f = tmp_path / "digits.jsonl"
+    f.write_text("\n".join(json.dumps({"prompt": f"{i}=", "answer": str(i)}) for i in range(10)))
+    r = seq.train(**{**COPY1, "steps": 6, "eval_holdout": 0.2, "task": str(f), "task_options": {}},
+                  eval_problems=10, out_dir=str(tmp_path / "run"), save_model=False, tiny=SMALL)
+    from offline_rl.seq.trainer import split_pool
+
+    held = {make_task(str(f)).problem(i).key for i in split_pool(make_task(str(f)), 0.2, 10)[1]}
+    seen = set(torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["stats"]["history"])
+    assert r.eval_split == "held-out" and len(held) == 2 and seen and not seen & held
 
 
 def test_reference_kl_multiple_minibatches_and_gpt2() -> None:
-    r = seq.train(**{**COPY1, "steps": 2, "group_size": 4, "prompts_per_step": 4}, model="tiny-gpt2",
-                  method_overrides={"kl_coef": 0.04}, num_iterations=2, minibatches=2, eval_problems=2)
-    assert r.status == "completed" and r.method["kl_coef"] == 0.04
+    """The reference model is loaded for the KL: after the first mini-batch the policy leaves it and the k3 term
+    changes the update (with kl_coef 0 the same run ends elsewhere)."""
+    kw = {**COPY1, "steps": 2, "group_size": 4, "prompts_per_step": 4, "lr": 3e-2}
+    runs = [seq.train(**kw, model="tiny-gpt2", method_overrides={"kl_coef": beta}, num_iterations=2, minibatches=2,
+                      eval_problems=2, save_model=False) for beta in (0.5, 0.0)]
+    assert runs[0].config["num_iterations"] == 2 and runs[0].method["kl_coef"] == 0.5
+    assert runs[0].param_norm != pytest.approx(runs[1].param_norm, abs=1e-7)
 
 
 def test_plugin_method_registered_from_a_test_module(monkeypatch) -> None:
@@ -99,6 +167,19 @@ def test_cli_list() -> None:
     assert "seq-mean-token-sum-norm" in info["extension_points"]["aggregation"]
     plain = runner.invoke(app, ["list"])
     assert plain.exit_code == 0 and "extension points:" in plain.stdout
+
+
+@pytest.mark.parametrize("method", ["sec", "vade", "mmr1_vps", "knapsack_rl", "scaf_grpo", "hpt", "otr", "copg",
+                                    "fdpg", "automate_cot"])
+def test_cli_trains_every_new_method(tmp_path, method: str) -> None:
+    task = "levels" if method in TASK_FOR else "arithmetic"
+    extra = ["--set", "hook.slots=2", "--set", "hook.candidates=2", "--set", "hook.samples=2"] \
+        if method == "automate_cot" else []
+    res = runner.invoke(app, ["train", "--task", task, "--method", method.upper().replace("_", "-"), "--steps", "1",
+                              "--group-size", "2", "--prompts-per-step", "2", "--max-new-tokens", "2",
+                              "--eval-problems", "2", "--out", str(tmp_path), *extra])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "result.json").read_text())["method"]["name"] == method
 
 
 def test_cli_train(tmp_path) -> None:

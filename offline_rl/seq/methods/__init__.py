@@ -57,16 +57,26 @@ def available_methods() -> list[str]:
 
 
 from offline_rl.seq.methods import (  # noqa: E402, F401  (built-in methods register on import)
+    automate_cot,
     bnpo,
     capo,
+    copg,
     d3s,
     empg,
+    fdpg,
     grpo,
     grpo_guard,
     gtpo,
+    hpt,
+    knapsack,
     ma_rlhf,
+    mmr1,
+    otr,
+    scaf_grpo,
+    sec,
     st_ppo,
     stratified,
+    vade,
 )
 
 __all__ = ["Choice", "Method", "METHODS", "register_method", "get_method", "available_methods", "load_plugins"]

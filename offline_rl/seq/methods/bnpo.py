@@ -5,9 +5,13 @@
     alpha = max(1 + a/3, 1),  beta = max(1 + b/3, 1)
     A(q, o) = (R - p(q)) * clamp(1 / f_Beta(p(q); alpha, beta), 0, 1e6)
 
-With several reward components ("advantage decomposition") A is computed per component and averaged.
+R must lie in [0, 1] after the affine map of `reward_range` (the official code asserts it); other rewards are
+refused. Several reward components are summed (the official `use_advantage_decomposition=False`); with
+`decompose=True` A is computed per component, each normalised separately, and averaged.
 At alpha = beta = 3/2, f = (8/pi) sqrt(p(1 - p)) and A = (pi/8) (R - p)/sqrt(p(1 - p)): GRPO with the
 population std, up to the constant pi/8.
+Run configuration (recipe/bnpo/run.sh): clip 0.2 / 0.28 with dual clip c = 10, sequence mean of token sums,
+no KL, one PPO epoch over one mini-batch.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import math
 import torch
 from torch import Tensor
 
+from offline_rl.errors import UserError
 from offline_rl.seq.context import LossContext
 from offline_rl.seq.methods import register_method
 from offline_rl.seq.methods.base import Choice, Method
@@ -41,6 +46,9 @@ def bnpo_component(r: Tensor, ctx: LossContext, alpha: float | None, beta: float
                    reward_range: tuple[float, float]) -> Tensor:
     lo, hi = reward_range
     r = (r.double() - lo) / (hi - lo)
+    if r.numel() and (r.min() < 0 or r.max() > 1):
+        raise UserError(f"BNPO needs rewards in [{lo}, {hi}] (got {float(r.min() * (hi - lo) + lo):g} .. "
+                        f"{float(r.max() * (hi - lo) + lo):g}); set advantage.reward_range=[low, high]")
     p, _, n = group_stats(r, ctx.group_ids)
     p = torch.where(n > 1, p, torch.zeros_like(p))  # a single completion has no baseline (as the official code)
     if alpha is None or beta is None:
@@ -59,16 +67,19 @@ def bnpo_component(r: Tensor, ctx: LossContext, alpha: float | None, beta: float
 
 @ADVANTAGES.register("bnpo")
 def bnpo_advantage(ctx: LossContext, alpha: float | None = None, beta: float | None = None,
-                   reward_range: tuple[float, float] = (0.0, 1.0)) -> Tensor:
+                   reward_range: tuple[float, float] = (0.0, 1.0), decompose: bool = False) -> Tensor:
     """BNPO advantage; alpha/beta fixed when given, else fitted by moments each batch (global over ranks)."""
-    components = ctx.rewards.unsqueeze(-1) if ctx.rewards.dim() == 1 else ctx.rewards
-    return torch.stack([bnpo_component(components[:, k], ctx, alpha, beta, reward_range)
-                        for k in range(components.shape[1])]).mean(0)
+    if ctx.rewards.dim() == 1 or not decompose:
+        r = ctx.rewards if ctx.rewards.dim() == 1 else ctx.rewards.sum(-1)
+        return bnpo_component(r, ctx, alpha, beta, reward_range)
+    return torch.stack([bnpo_component(ctx.rewards[:, k], ctx, alpha, beta, reward_range)
+                        for k in range(ctx.rewards.shape[1])]).mean(0)
 
 
 @register_method("bnpo")
 def bnpo() -> Method:
-    """The paper's run configuration: clip 0.2 / 0.28, sequence mean of token sums, no KL."""
-    return Method("bnpo", description="Beta-normalised advantages (moment-fitted), advantage decomposition",
-                  advantage=Choice("bnpo"), surrogate=Choice("clip", {"eps_low": 0.2, "eps_high": 0.28}),
+    """The paper's run configuration: clip 0.2 / 0.28 with dual clip 10, sequence mean of token sums, no KL."""
+    return Method("bnpo", description="Beta-normalised advantages (moment-fitted alpha, beta)",
+                  advantage=Choice("bnpo"),
+                  surrogate=Choice("clip", {"eps_low": 0.2, "eps_high": 0.28, "clip_c": 10.0}),
                   aggregation=Choice("seq-mean-token-sum"))

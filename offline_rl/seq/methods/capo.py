@@ -9,7 +9,8 @@ size of plain SGD on the head under a token-mean loss (the spec's sketch has no 
 Sample masking: drop samples whose own predicted KL (mean over their tokens) exceeds delta, then, while the
 predicted KL of the kept samples' joint update (mean over all valid tokens) exceeds delta, drop the kept sample
 with the largest own KL. Token masking: zero the tokens whose predicted KL under the joint update exceeds
-delta_token. delta = inf gives the base loss. """
+delta_token. delta = inf gives the base loss. Over data-parallel ranks, N, the joint update dW and the joint mean
+KL are global (all-reduced) and the sample dropped next is the global one with the largest own KL. """
 
 from __future__ import annotations
 
@@ -28,10 +29,15 @@ def head_probs(hidden: Tensor, weight: Tensor) -> Tensor:
     return torch.softmax(hidden.double() @ weight.double().T, dim=-1)
 
 
+def _global_sum(ctx: LossContext, x: Tensor) -> Tensor:
+    return ctx.world.all_sum(x) if ctx.world.size > 1 else x
+
+
 def logit_gradients(ctx: LossContext, probs: Tensor) -> Tensor:
-    """u_t = A_t m_t (e_{y_t} - pi_t) / N: each token's ascent direction in logit space, (B, T, V)."""
+    """u_t = A_t m_t (e_{y_t} - pi_t) / N: each token's ascent direction in logit space, (B, T, V); N global."""
     onehot = torch.nn.functional.one_hot(ctx.token_ids, probs.shape[-1]).to(probs.dtype)
-    weight = (ctx.token_advantages * ctx.mask).double() / ctx.mask.sum().clamp(min=1)
+    n = _global_sum(ctx, ctx.mask.sum().double().reshape(1))[0]
+    weight = (ctx.token_advantages * ctx.mask).double() / n.clamp(min=1)
     return weight[..., None] * (onehot - probs)
 
 
@@ -47,14 +53,29 @@ def own_update_logits(ctx: LossContext, u: Tensor, eta: float) -> Tensor:
 
 
 def joint_update_logits(ctx: LossContext, u: Tensor, keep: Tensor, eta: float) -> Tensor:
-    """dz of every token under the summed update of the kept samples: dW = eta sum_i u_i^T h_i."""
+    """dz of every token under the summed update of the kept samples (of every rank): dW = eta sum_i u_i^T h_i."""
     h = ctx.hidden.double()
-    dw = eta * torch.einsum("btv,btd->vd", u * keep[:, None, None], h)
+    dw = _global_sum(ctx, eta * torch.einsum("btv,btd->vd", u * keep[:, None, None], h))
     return h @ dw.T
 
 
-def _valid_mean(x: Tensor, mask: Tensor) -> Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
+def _valid_mean(ctx: LossContext, x: Tensor, mask: Tensor) -> Tensor:
+    sums = _global_sum(ctx, torch.stack([(x * mask).sum(), mask.sum()]))
+    return sums[0] / sums[1].clamp(min=1)
+
+
+def _drop_largest(ctx: LossContext, keep: Tensor, own: Tensor) -> None:
+    """Drop the kept sample with the largest own KL over the global batch (in place)."""
+    scores = torch.where(keep, own, torch.full_like(own, -math.inf))
+    everything = ctx.world.all_gather_cat(scores) if ctx.world.size > 1 else scores
+    offset = ctx.world.rank_offset(own.numel()) if ctx.world.size > 1 else 0
+    i = int(torch.argmax(everything)) - offset
+    if 0 <= i < own.numel():
+        keep[i] = False
+
+
+def _any_kept(ctx: LossContext, keep: Tensor) -> bool:
+    return bool(_global_sum(ctx, keep.sum().double().reshape(1))[0] > 0)
 
 
 @SELECTIONS.register("capo")
@@ -69,10 +90,12 @@ def capo_samples(ctx: LossContext, delta: float = 0.05, eta: float = 1.0) -> Ten
     mask = ctx.mask.double()
     own = (predicted_kl(own_update_logits(ctx, u, eta), probs) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
     keep = keep & (own <= delta)
-    while keep.any() and _valid_mean(predicted_kl(joint_update_logits(ctx, u, keep, eta), probs), mask) > delta:
-        keep[torch.argmax(torch.where(keep, own, -math.inf))] = False  # at most B iterations
+    while _any_kept(ctx, keep) and _valid_mean(ctx, predicted_kl(joint_update_logits(ctx, u, keep, eta), probs),
+                                               mask) > delta:
+        _drop_largest(ctx, keep, own)  # at most B iterations
     ctx.metrics["capo_rejected"] = 1 - keep.float().mean()
-    ctx.metrics["capo_predicted_kl"] = _valid_mean(predicted_kl(joint_update_logits(ctx, u, keep, eta), probs), mask)
+    ctx.metrics["capo_predicted_kl"] = _valid_mean(ctx, predicted_kl(joint_update_logits(ctx, u, keep, eta), probs),
+                                                   mask)
     return keep
 
 

@@ -4,6 +4,7 @@ Sample level: from each group's G rollouts (or the whole batch), keep the m-subs
 Exact in O(G log G): sort A; the best subset is the top-k plus the bottom-(m - k) for some k (the PODS lemma), so
 scan k = 0..m.
 Token level: keep the top-rho fraction of valid tokens by |A_{i,t}| * H_{i,t}.
+Both levels use global statistics: the batch-scope subset and the token fraction are over every rank's rows.
 Schedule: start aggressive (small m/G and rho) and relax towards keeping everything. UNVERIFIED: the functional
 form and the endpoints; `schedule(step) -> (m_frac, rho)` is linear or cosine here, with our default endpoints.
 """
@@ -60,13 +61,21 @@ def d3s_samples(ctx: LossContext, m_frac: float = 0.5, scope: str = "group", sch
     """
     frac = schedule(ctx.step, ctx.total_steps, m_frac, 1.0, schedule_kind, horizon)
     a = (ctx.token_advantages.mul(ctx.mask).sum(-1) / ctx.mask.sum(-1).clamp(min=1)).cpu()  # per-sequence A
-    gid = (dense_ids(ctx.group_ids) if scope == "group" else torch.zeros_like(ctx.group_ids)).cpu()
+    ctx.metrics["d3s_m_frac"] = torch.tensor(frac)
+    if scope == "batch":  # the whole global batch is one pool: gather every rank's A, keep this rank's slice
+        everything = ctx.world.all_gather_cat(a)
+        offset = ctx.world.rank_offset(a.numel()) if ctx.world.size > 1 else 0
+        keep_all = torch.zeros(everything.numel(), dtype=torch.bool)
+        keep_all[max_variance_subset(everything, max(1, round(frac * everything.numel())))] = True
+        return keep_all[offset: offset + a.numel()].to(ctx.mask.device)
+    if scope != "group":
+        raise ValueError(f"scope must be group or batch, not {scope!r}")
+    gid = dense_ids(ctx.group_ids).cpu()  # groups never span ranks
     keep = torch.zeros(a.shape[0], dtype=torch.bool)
     for g in torch.unique(gid).tolist():  # a loop over groups, not tokens
         rows = torch.nonzero(gid == g).squeeze(1)
         m = max(1, round(frac * rows.numel()))
         keep[rows[max_variance_subset(a[rows], m)]] = True
-    ctx.metrics["d3s_m_frac"] = torch.tensor(frac)
     return keep.to(ctx.mask.device)
 
 
@@ -76,7 +85,7 @@ def d3s_tokens(ctx: LossContext, rho: float = 0.5, schedule_kind: str = "linear"
     assert ctx.old_entropy is not None
     r = schedule(ctx.step, ctx.total_steps, rho, 1.0, schedule_kind, horizon)
     ctx.metrics["d3s_rho"] = torch.tensor(r)
-    return top_fraction(ctx.token_advantages.abs() * ctx.old_entropy, ctx.mask, r)
+    return top_fraction(ctx.token_advantages.abs() * ctx.old_entropy, ctx.mask, r, ctx.world)
 
 
 @register_method("d3s")

@@ -23,7 +23,8 @@ def dr_grpo() -> Method:
 @register_method("gspo")
 def gspo() -> Method:
     """GSPO: sequence ratio s_i = exp(mean_t log rho_t) in the GSPO-token form, clipped at 1 - 3e-4 / 1 + 4e-4
-    (the GSPO paper's ranges, also verl's GSPO recipe)."""
+    (the GSPO paper's ranges, also verl's GSPO recipe); each rollout batch is split into four mini-batches (the
+    paper's setting), so all but the first update are off-policy and the sequence ratio matters."""
     return Method("gspo", description="sequence-level importance ratio (GSPO-token form)",
                   segmenter=Choice("sequence"), ratio=Choice("segment"),
-                  surrogate=Choice("clip", {"eps_low": 3e-4, "eps_high": 4e-4}))
+                  surrogate=Choice("clip", {"eps_low": 3e-4, "eps_high": 4e-4}), minibatches=4)

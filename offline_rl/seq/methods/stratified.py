@@ -55,7 +55,12 @@ def stratified_advantage(ctx: LossContext, stratum: str | Callable[[LossContext]
     return alpha * a_san + (1 - alpha) * a_gn
 
 
+stratified_advantage.requires = (  # type: ignore[attr-defined]
+    lambda params: ("turn_marker",) if params.get("stratum", "turn_count") == "turn_count" else ())
+
+
 @register_method("stratified_grpo")
 def stratified_grpo() -> Method:
+    """Strata: the number of turns of the completion (needs turn markers, e.g. the `multistep` task)."""
     return Method("stratified_grpo", description="stratified advantage normalisation blended with GRPO's",
                   advantage=Choice("stratified"))

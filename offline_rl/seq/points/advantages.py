@@ -56,3 +56,9 @@ def rloo(ctx: LossContext) -> Tensor:
     mean, _, n = group_stats(r, ctx.group_ids)
     baseline = (mean * n - r.double()) / (n - 1).clamp(min=1)
     return torch.where(n > 1, r.double() - baseline, torch.zeros_like(baseline)).to(r.dtype)
+
+
+@ADVANTAGES.register("zero")
+def zero(ctx: LossContext) -> Tensor:
+    """No advantage (losses that do not use one, e.g. OTR on demonstrations)."""
+    return torch.zeros(ctx.mask.shape[0], dtype=ctx.mask.dtype, device=ctx.mask.device)

@@ -20,6 +20,16 @@ def starts_to_ids(starts: Tensor) -> Tensor:
     return starts.long().cumsum(-1) - 1
 
 
+def last_token_alone(ids: Tensor, mask: Tensor) -> Tensor:
+    """The same segments, except that each row's last valid token is a segment of its own (MA-RLHF's rule)."""
+    starts = torch.ones_like(ids, dtype=torch.bool)
+    starts[:, 1:] = ids[:, 1:] != ids[:, :-1]
+    last = (mask.sum(-1).long() - 1).clamp(min=0)
+    starts.scatter_(1, last[:, None], True)
+    after = torch.arange(ids.shape[1], device=ids.device)[None, :] > last[:, None]
+    return starts_to_ids(starts & ~after)
+
+
 @SEGMENTERS.register("token")
 def token(ctx: LossContext) -> Tensor:
     B, T = ctx.mask.shape
@@ -42,15 +52,17 @@ def turns(ctx: LossContext, marker_id: int | None = None) -> Tensor:
 
 
 @SEGMENTERS.register("fixed")
-def fixed_ngram(ctx: LossContext, n: int = 5) -> Tensor:
-    """MA-RLHF `fixed`: consecutive n-grams of completion tokens (n = 1 is token level)."""
-    return token(ctx) // n
+def fixed_ngram(ctx: LossContext, n: int = 5, last_alone: bool = True) -> Tensor:
+    """MA-RLHF `fixed`: consecutive n-grams of completion tokens (n = 1 is token level); the last token alone."""
+    ids = token(ctx) // n
+    return last_token_alone(ids, ctx.mask) if last_alone else ids
 
 
 @SEGMENTERS.register("randomized")
 def randomized_ngram(ctx: LossContext, repeat_times: int = 1, lengths: tuple[int, ...] = (1, 2, 3, 5, 10),
-                     seed: int = 0) -> Tensor:
-    """MA-RLHF `randomized`: n-gram lengths from `lengths` x repeat_times, shuffled per row; the rest is one macro.
+                     seed: int = 0, last_alone: bool = True) -> Tensor:
+    """MA-RLHF `randomized`: n-gram lengths from `lengths` x repeat_times, shuffled per row; the rest is one macro,
+    and the last token one of its own.
 
     As in the official `randomized_ngram_selection`; the shuffle is seeded by (seed, step).
     """
@@ -60,12 +72,14 @@ def randomized_ngram(ctx: LossContext, repeat_times: int = 1, lengths: tuple[int
     perm = torch.argsort(torch.rand(B, len(pool), generator=gen), dim=1)
     ends = pool[perm].cumsum(-1).to(ctx.mask.device)  # (B, n_macros): end position (exclusive) of each macro
     pos = torch.arange(T, device=ctx.mask.device).expand(B, T).contiguous()
-    return torch.searchsorted(ends, pos, right=True)
+    ids = torch.searchsorted(ends, pos, right=True)
+    return last_token_alone(ids, ctx.mask) if last_alone else ids
 
 
 @SEGMENTERS.register("ppl")
-def perplexity(ctx: LossContext) -> Tensor:
-    """MA-RLHF `ppl`: token i starts a macro where the next token's perplexity rises, ppl[i+1] > ppl[i].
+def perplexity(ctx: LossContext, last_alone: bool = True) -> Tensor:
+    """MA-RLHF `ppl`: token i starts a macro where the next token's perplexity rises, ppl[i+1] > ppl[i]; the last
+    token alone.
 
     Perplexity is exp(-log pi_ref), or exp(-log pi_old) when there is no reference model. Index convention as in
     the official `ppl_selection`.
@@ -75,4 +89,5 @@ def perplexity(ctx: LossContext) -> Tensor:
     starts = torch.zeros_like(ctx.mask, dtype=torch.bool)
     both_valid = (ctx.mask[:, 1:] > 0) & (ctx.mask[:, :-1] > 0)
     starts[:, :-1] = (ppl[:, 1:] > ppl[:, :-1]) & both_valid
-    return starts_to_ids(starts)
+    ids = starts_to_ids(starts)
+    return last_token_alone(ids, ctx.mask) if last_alone else ids

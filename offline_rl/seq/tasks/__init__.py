@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from offline_rl.errors import UserError
-from offline_rl.seq.tasks import arithmetic, countdown, jsonl, sequence  # noqa: F401  (register on import)
+from offline_rl.seq.tasks import arithmetic, countdown, jsonl, multistep, sequence  # noqa: F401  (register on import)
 from offline_rl.seq.tasks.base import CHECKERS, TASKS, Problem, Task
 
 

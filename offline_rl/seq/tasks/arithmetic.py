@@ -10,6 +10,13 @@ from offline_rl.seq.tasks.base import TASKS, Problem, Task
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
 
+def arithmetic_hints(a: int, op: str, b: int, result: int) -> dict[str, list[str]]:
+    """Scaf-GRPO-style tiers: knowledge (the units' result, then the tens'), solution (the answer's digits)."""
+    units = f"{a % 10}{op}{b % 10}={OPS[op](a % 10, b % 10)}"
+    tens = f"{a // 10 * 10}{op}{b // 10 * 10}={OPS[op](a // 10 * 10, b // 10 * 10)}"
+    return {"knowledge_components_parts": [units, tens], "solution_breakdown_parts": list(str(result))}
+
+
 @TASKS.register("arithmetic")
 class Arithmetic(Task):
     """Operands in [0, max_operand], operators from `ops`; `max_answer` keeps results in [0, max_answer]
@@ -30,7 +37,7 @@ class Arithmetic(Task):
             op = rng.choice(self.ops)
             result = OPS[op](a, b)
             if self.max_answer is None or 0 <= result <= self.max_answer:
-                return Problem(f"{a}{op}{b}=", str(result))
+                return Problem(f"{a}{op}{b}=", str(result), arithmetic_hints(a, op, b, result))
         raise UserError("no arithmetic problem satisfies max_answer; widen the options")
 
     def describe(self) -> dict[str, Any]:

@@ -47,13 +47,23 @@ def case_insensitive(completion: str, problem: Problem) -> float:
     return float(completion.strip().lower() == problem.answer.strip().lower())
 
 
+HINT_TIERS = ("knowledge_components_parts", "planning_skeleton_parts", "solution_breakdown_parts")
+"""Scaf-GRPO's per-problem hint fields (Problem.meta keys): knowledge, planning, solution tiers."""
+
+
 class Task:
-    """A source of problems. `problem(i)` is deterministic given the task's seed; `size` None means endless."""
+    """A source of problems. `problem(i)` is deterministic given the task's seed; `size` None means endless.
+
+    Optional features some methods need: `turn_marker` (the character ending a turn: multi-turn tasks),
+    `Problem.meta["category"]` (curriculum samplers) and the HINT_TIERS lists in `Problem.meta` (hint scaffolds).
+    Every built-in task has a reference answer (a demonstration, for HPT and OTR).
+    """
 
     name: str = "task"
     size: int | None = None
     alphabet: str = BUILTIN_ALPHABET
     checker: Checker = staticmethod(exact)
+    turn_marker: str | None = None
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed

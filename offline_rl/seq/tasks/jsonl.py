@@ -35,8 +35,9 @@ def read_problems(path: Path) -> list[Problem]:
 class JsonlTask(Task):
     name = "jsonl"
 
-    def __init__(self, path: str, seed: int = 0, checker: str = "exact") -> None:
+    def __init__(self, path: str, seed: int = 0, checker: str = "exact", turn_marker: str | None = None) -> None:
         super().__init__(seed)
+        self.turn_marker = turn_marker
         self.path = Path(path)
         self.problems = read_problems(self.path)
         self.size = len(self.problems)

@@ -25,7 +25,8 @@ class SequenceTask(Task):
         else:
             rng = self.rng(index)
             s = "".join(rng.choice(self.digits) for _ in range(rng.randint(self.min_len, self.max_len)))
-        return Problem(f"{s}{self.symbol}", self.transform(s))
+        answer = self.transform(s)
+        return Problem(f"{s}{self.symbol}", answer, {"solution_breakdown_parts": list(answer)})
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "min_len": self.min_len, "max_len": self.max_len}
