@@ -163,7 +163,7 @@ def test_completed_runs_are_skipped_and_unfinished_resumed(tmp_path, capsys):
     assert run_suite(tiny_suite(), tmp_path, run_fn=run) == []
     # One call per cell (algorithm, dataset): its seeds train together in one process.
     assert [(c["algo"], c["seeds"]) for c in run.calls] == [("bc", [0, 1]), ("iql", [0, 1])]
-    assert all(c["resume"] is True for c in run.calls)
+    assert all(c["resume"] is False for c in run.calls)  # fresh folders: nothing to resume
     assert read_json(tmp_path / "iql/pendulum-medium/seed1/result.json")["seed"] == 1
     assert (tmp_path / "suite.json").exists()
     assert "done: 4 completed" in capsys.readouterr().err

@@ -49,9 +49,9 @@ def default_run_fn(**kwargs: Any) -> dict:
     return run_experiment(**kwargs)
 
 
-def check_suite(suite: Suite, out_dir: Path, overwrite: bool = False) -> tuple[list[tuple[RunSpec, bool]], int]:
-    """Resolve every run and compare it with its folder: ([(run to do, whether it replaces another run)], how many
-    are finished already and skipped).
+def check_suite(suite: Suite, out_dir: Path, overwrite: bool = False) -> tuple[list[tuple[RunSpec, str]], int]:
+    """Resolve every run and compare it with its folder: ([(run to do, its folder: "empty", "unfinished" or
+    "conflict" (replaced, with `overwrite`))], how many are finished already and skipped).
 
     Every problem is collected first (an unknown algorithm or dataset, a bad override key or type, a device this
     machine lacks, a folder holding another run unless `overwrite`), then the suite is refused with all of them
@@ -80,9 +80,9 @@ def check_suite(suite: Suite, out_dir: Path, overwrite: bool = False) -> tuple[l
         if state == "finished":
             finished += 1
         elif not state.startswith("conflict"):
-            todo.append((spec, False))
+            todo.append((spec, state))
         elif overwrite:
-            todo.append((spec, True))
+            todo.append((spec, "conflict"))
         else:
             problems.setdefault(state.partition(": ")[2], []).append(spec.name)
     if problems:
@@ -147,7 +147,8 @@ def run_suite(suite: Suite, out_dir: str | os.PathLike, runner: str = "local", w
     report(f"suite '{suite.name}': checking {len(specs)} runs")
     todo, finished = check_suite(suite, out_dir, overwrite)
     pending = [spec for spec, _ in todo]
-    replace = {spec.name for spec, replaces in todo if replaces}
+    replace = {spec.name for spec, state in todo if state == "conflict"}
+    unfinished = {spec.name for spec, state in todo if state == "unfinished"}
     report(f"suite '{suite.name}': {len(specs)} runs, {finished} already completed (skipped), "
            f"{len(pending)} to run -> {out_dir}" + (f" ({len(replace)} replacing other runs)" if replace else ""))
     atomic_write_json(out_dir / "suite.json", suite.to_dict())
@@ -156,7 +157,7 @@ def run_suite(suite: Suite, out_dir: str | os.PathLike, runner: str = "local", w
     failures = []
     done = 0
     for cell, payload in _execute_all(cells(pending), out_dir, run_fn, runner, workers, progress, address, report,
-                                      replace):
+                                      replace, unfinished):
         for spec in cell:
             done += 1
             prefix = f"[{done}/{len(pending)}] {spec.name}"
@@ -190,7 +191,7 @@ Cell = list[RunSpec]
 
 def _execute_all(specs: list[Cell], out_dir: Path, run_fn: RunFn, runner: str, workers: int, progress: bool,
                  address: str | None, report: Callable[[str], None],
-                 replace: set[str]) -> Iterator[tuple[Cell, Payload]]:
+                 replace: set[str], unfinished: set[str]) -> Iterator[tuple[Cell, Payload]]:
     """Yield `(spec, payload)` for each run as it finishes, with the chosen runner. Only a sequential run
     shows its own progress bar; parallel runs would draw over each other."""
     if not specs:
@@ -199,7 +200,8 @@ def _execute_all(specs: list[Cell], out_dir: Path, run_fn: RunFn, runner: str, w
     def kwargs_for(cell: Cell) -> dict[str, Any]:
         first = cell[0]
         return {**first.kwargs(out_dir), "out_dir": first.run_dir(out_dir).parent,
-                "seeds": [spec.seed for spec in cell], "resume": True, "progress": progress and workers == 1,
+                "seeds": [spec.seed for spec in cell], "resume": any(spec.name in unfinished for spec in cell),
+                "progress": progress and workers == 1,
                 "overwrite": any(spec.name in replace for spec in cell)}
 
     if runner == "ray":

@@ -131,16 +131,23 @@ def _share(steps: int, n: int, k: int) -> int:
 
 
 def _card_parts(card: Card, steps: int, seed: int) -> list[tuple[dict[str, Any], int, int]]:
-    """(behaviour, steps, seed) per part: the card's mix components in order, each expanded into its zoo schedule."""
+    """(behaviour, steps, seed) per part: the card's mix components in order (other cards by name, or behaviour
+    tables written inline), each expanded into its zoo schedule."""
     mix = card.behaviour.get("mix")
     if mix is None:
         components = [(card.behaviour, steps)]
     else:
         cards = load_cards(Path(card.file).parent)
-        for name in mix:
-            if name not in cards or "mix" in cards[name].behaviour:
-                raise DatasetError(f"{card.file}: card '{card.name}' mixes '{name}', which is not a plain card")
-        components = [(cards[name].behaviour, _share(steps, len(mix), k)) for k, name in enumerate(mix)]
+        behaviours = []
+        for item in mix:
+            if isinstance(item, dict):
+                behaviours.append(item)
+            elif item in cards and "mix" not in cards[item].behaviour:
+                behaviours.append(cards[item].behaviour)
+            else:
+                raise DatasetError(f"{card.file}: card '{card.name}' mixes {item!r}, which is neither a plain card "
+                                   "nor a behaviour table")
+        components = [(b, _share(steps, len(mix), k)) for k, b in enumerate(behaviours)]
     parts = []
     for behaviour, component_steps in components:
         expanded = expand_behaviour(behaviour, card.env_id)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.utils._pytree
 from torch import nn
 from torch.func import functional_call, vmap
 
@@ -100,28 +101,29 @@ class SeedBatch:
         self.carrier = carrier
         self.call = _PhaseCall(carrier)
         self.randomness = getattr(carrier, "vmap_randomness", "error")
+        self.params = dict(carrier.named_parameters())
+        self.tensors = {f"algo.{k}": v for k, v in [*carrier.named_parameters(), *carrier.named_buffers()]}
 
     def _vmapped(self, phase: Phase, ctx: dict[str, Any]) -> dict[str, Any]:
-        tensors = {f"algo.{k}": v for k, v in self.carrier.named_parameters()}
-        tensors.update({f"algo.{k}": v for k, v in self.carrier.named_buffers()})
-
         def one_seed(state: dict[str, torch.Tensor], seed_ctx: dict[str, Any]) -> dict[str, Any]:
             return functional_call(self.call, state, (phase.fn, seed_ctx), strict=False)
 
-        return vmap(one_seed, randomness=self.randomness)(tensors, ctx)
+        return vmap(one_seed, randomness=self.randomness)(self.tensors, ctx)
 
     def update(self, batch: Batch, noise: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         """One update of every seed: `batch` and `noise` have a leading seed dimension; so have the metrics."""
         algo = self.carrier
         ctx: dict[str, Any] = {"batch": batch, "noise": noise}
         metrics: dict[str, torch.Tensor] = {}
-        params = dict(algo.named_parameters())
+        params = self.params
         for phase in algo.phases(step):
             if phase.host:
                 out = {k: v for k, v in phase.fn(ctx)._asdict().items() if v is not None}
             else:
                 out = self._vmapped(phase, ctx)
-            ctx.update(out.get("updates", {}))
+            # What a phase leaves for later phases carries no gradient (a phase's loss is its own): detached, so that
+            # the graph of one phase's flat parameters is not walked again by a later backward.
+            ctx.update(torch.utils._pytree.tree_map(_detach, out.get("updates", {})))
             if phase.optimizer is not None:
                 opt = algo.optimizers[phase.optimizer]
                 opt.zero_grad(set_to_none=True)
@@ -150,6 +152,10 @@ class SeedBatch:
         return {"modules": {k: v[i].clone() for k, v in state["modules"].items()},
                 "optimizers": {k: take(v) for k, v in state["optimizers"].items()},
                 "schedulers": copy.deepcopy(state["schedulers"])}
+
+
+def _detach(x: Any) -> Any:
+    return x.detach() if isinstance(x, torch.Tensor) else x
 
 
 def _stack_optimizer_states(states: list[dict[str, Any]]) -> dict[str, Any]:
