@@ -69,3 +69,20 @@ def reference_return_range(rewards, terminals, max_episode_steps: int) -> tuple[
             returns.append(ret)
             ret, length = 0.0, 0
     return min(returns), max(returns)
+
+
+def install_plugin(tmp_path, module: str, source: str, entry: str, class_name: str) -> dict[str, str]:
+    """A package outside offline_rl, registered through the `offline_rl.algos` entry-point group: writes
+    `module.py` and its dist-info under `tmp_path/site`; returns the environment (PYTHONPATH) that finds it."""
+    import os
+    import textwrap
+    from pathlib import Path
+
+    site = Path(tmp_path) / "site"
+    dist = site / f"{module}-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (site / f"{module}.py").write_text(textwrap.dedent(source))
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[offline_rl.algos]\n{entry} = {module}:{class_name}\n")
+    root = Path(__file__).resolve().parents[1]
+    return {"PYTHONPATH": f"{site}{os.pathsep}{root}"}

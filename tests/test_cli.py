@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,13 +90,9 @@ class L1BC(BC):
 
 def test_plugin_algorithm_trains_from_the_cli(tmp_path):
     """A package outside offline_rl registers through the `offline_rl.algos` entry-point group."""
-    site = tmp_path / "site"
-    dist = site / "l1bc_plugin-0.1.dist-info"
-    dist.mkdir(parents=True)
-    (site / "l1bc_plugin.py").write_text(textwrap.dedent(PLUGIN))
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: l1bc-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[offline_rl.algos]\nl1_bc = l1bc_plugin:L1BC\n")
-    env = {"PYTHONPATH": f"{site}{os.pathsep}{ROOT}"}
+    from helpers import install_plugin
+
+    env = install_plugin(tmp_path, "l1bc_plugin", PLUGIN, "l1_bc", "L1BC")
 
     assert "l1_bc" in cli("algos", "list", env=env).stdout.split()
     out = tmp_path / "run"

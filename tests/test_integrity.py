@@ -9,7 +9,6 @@ import signal
 import stat
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from helpers import install_plugin
 from test_cli import PROGRESS, ROOT, assert_user_error, cli
 
 from offline_rl.bench import load_suite, run_suite
@@ -53,13 +53,7 @@ class CrashBC(BC):
 @pytest.fixture
 def crasher_env(tmp_path):
     """PYTHONPATH with a plug-in algorithm `crash_bc` registered through the entry-point group."""
-    site = tmp_path / "site"
-    dist = site / "crash_plugin-0.1.dist-info"
-    dist.mkdir(parents=True)
-    (site / "crash_plugin.py").write_text(textwrap.dedent(CRASHER))
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: crash-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[offline_rl.algos]\ncrash_bc = crash_plugin:CrashBC\n")
-    return {"PYTHONPATH": f"{site}{os.pathsep}{ROOT}"}
+    return install_plugin(tmp_path, "crash_plugin", CRASHER, "crash_bc", "CrashBC")
 
 
 def train(out: Path, *extra: str, algo: str = "bc", env: dict | None = None) -> subprocess.CompletedProcess:
