@@ -36,6 +36,8 @@ class Algorithm(nn.Module):
     Config: ClassVar[type] = object
     graph_safe: ClassVar[bool] = False
     """True when `update` can be captured in a CUDA graph (offline_rl.training.graphs says what that needs)."""
+    loop: ClassVar[str] = "offline"
+    """The training loop the algorithm needs: "offline" (`training.train`) or "onpolicy" (`training.onpolicy`)."""
 
     def __init__(self, spec: Spec, config: Any, device: str | torch.device = "cpu") -> None:
         super().__init__()

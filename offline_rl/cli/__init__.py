@@ -122,8 +122,10 @@ def algos_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON 
 @app.command()
 def train(
     algo: Annotated[str, typer.Option(help="Algorithm name (see `algos list`).")],
-    dataset: Annotated[str, typer.Option(help="Card name, d4rl:<name>, .hdf5 path or minari:<id>.")],
-    steps: Annotated[int, typer.Option(help="Gradient updates.")] = 100_000,
+    dataset: Annotated[str, typer.Option(help="Card name, d4rl:<name>, .hdf5 path or minari:<id>; on-policy "
+                                         "algorithms also take a gymnasium env id.")],
+    steps: Annotated[int, typer.Option(help="Gradient updates (on-policy and hybrid algorithms: env samples).")]
+    = 100_000,
     seed: Annotated[int, typer.Option(help="Seed for python, numpy, torch and the envs.")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "auto",
     eval_every: Annotated[int, typer.Option(help="Evaluate every N updates (0: only at the end).")] = 5000,

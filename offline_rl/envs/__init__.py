@@ -1,6 +1,7 @@
-"""Environment factories shared by dataset generation and evaluation.
+"""Environment factories shared by dataset generation and evaluation, and the toolkit's own environments.
 
-Thin wrappers over gymnasium so every part of the toolkit builds environments the same way.
+Thin wrappers over gymnasium so every part of the toolkit builds environments the same way. Importing this
+package registers the toolkit's envs (combination lock, LQR, bandits, multi-path grid: `envs.registry`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["make_env", "make_vector_env", "env_spaces", "box_bounds", "is_registered"]
+from offline_rl.envs.registry import register_envs
+
+__all__ = ["make_env", "make_vector_env", "env_spaces", "box_bounds", "is_registered", "register_envs"]
+
+register_envs()
 
 
 def make_env(env_id: str, **kwargs: Any) -> gym.Env:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ import scipy.linalg
 import torch
 
 from offline_rl.envs import box_bounds, env_spaces
+from offline_rl.envs.lock import LockPolicy, lock_eps_greedy
 from offline_rl.errors import DatasetError, UserError
 
 if TYPE_CHECKING:
@@ -156,9 +158,11 @@ class ZooBehaviour:
             return self.policy(obs)
 
 
-CONTROLLERS: dict[str, Callable[[str], Policy]] = {
+CONTROLLERS: dict[str, Callable[..., Policy]] = {
     "pendulum-swingup": PendulumSwingUp,
     "idp-lqr": InvertedDoublePendulumLQR,
+    "lock-optimal": LockPolicy,
+    "lock-eps-greedy": lock_eps_greedy,
 }
 
 _NOISE_KEYS = {"action_noise", "random_prob"}
@@ -278,7 +282,8 @@ def make_policy(behaviour: Mapping[str, Any], env_id: str, seed: int) -> Policy:
     if name == "zoo":
         base: Policy = _zoo_policy(behaviour, env_id, seed)
     elif name in CONTROLLERS:
-        base = CONTROLLERS[name](env_id)
+        factory = CONTROLLERS[name]  # a controller that draws random numbers takes the seeded `rng`
+        base = factory(env_id, rng=rng) if "rng" in inspect.signature(factory).parameters else factory(env_id)
     else:
         known = ", ".join(["random", "zoo", *sorted(CONTROLLERS)])
         raise DatasetError(f"behaviour policy {name!r} is unknown; known: {known}")

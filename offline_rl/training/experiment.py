@@ -35,6 +35,11 @@ def run_experiment(algo: str, dataset: str, seed: int, steps: int, eval_every: i
 
     if threads:
         torch.set_num_threads(threads)
+    if get(algo).loop != "offline":  # on-policy and hybrid algorithms collect their own data (an env factory)
+        from offline_rl.training.onpolicy import run_onpolicy_experiment
+
+        return run_onpolicy_experiment(algo, dataset, seed, steps, eval_every, eval_episodes, out_dir, device,
+                                       overrides, resume, progress)
     out = Path(out_dir)
     dev = resolve_device(device)
     data = load_dataset(dataset, device=str(dev))
