@@ -65,7 +65,7 @@ def env_spec(env: gym.Env) -> Spec:
     raise ConfigError(f"action space {space} is not supported (Box or Discrete)")
 
 
-class _Collector:
+class RolloutCollector:
     """The vector env and everything a rollout continues from (observations, episode counters)."""
 
     def __init__(self, algo: OnPolicyAlgorithm, env_id: str, seed: int, env_kwargs: dict[str, Any]) -> None:
@@ -162,7 +162,7 @@ def train_onpolicy(algo: OnPolicyAlgorithm, env_id: str, steps: int, seed: int =
     algo.configure_schedule(steps)
     if dataset is not None:
         algo.prepare(dataset.to(algo.device))
-    collector = _Collector(algo, env_id, seed, env_kwargs)
+    collector = RolloutCollector(algo, env_id, seed, env_kwargs)
     generator = torch.Generator(device=algo.device).manual_seed(seed)  # sync_point's sampler RNG slot (unused)
     loop: dict[str, Any] = {"samples": 0, "iteration": 0, "returns": [], "success": [], "samples_to_success": None}
     elapsed = train_time = 0.0
