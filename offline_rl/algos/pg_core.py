@@ -223,11 +223,11 @@ def detached(dist: Distribution) -> Distribution:
     """A copy of a Normal/Independent-Normal/Categorical distribution with its parameters detached (the "old"
     policy of a KL; cloned, since a state-independent std is an `expand_as` view of the live parameter)."""
     if isinstance(dist, Independent):
-        return Independent(detached(dist.base_dist), dist.reinterpreted_batch_ndims)
+        return Independent(detached(dist.base_dist), dist.reinterpreted_batch_ndims, validate_args=False)
     if isinstance(dist, Normal):
-        return Normal(dist.loc.detach().clone(), dist.scale.detach().clone())
+        return Normal(dist.loc.detach().clone(), dist.scale.detach().clone(), validate_args=False)
     if hasattr(dist, "logits"):
-        return type(dist)(logits=dist.logits.detach().clone())
+        return type(dist)(logits=dist.logits.detach().clone(), validate_args=False)
     raise ConfigError(f"no closed-form KL for {type(dist).__name__} (natural-gradient methods need Gaussian or "
                       "categorical heads)")
 
@@ -302,6 +302,11 @@ class OnPolicyAlgorithm(Algorithm):
         low = torch.as_tensor(self.spec.action_low, dtype=actions.dtype, device=actions.device)
         high = torch.as_tensor(self.spec.action_high, dtype=actions.dtype, device=actions.device)
         return torch.maximum(torch.minimum(actions, high), low)
+
+    def attach_env(self, make_env: Callable[[], Any]) -> None:
+        """The loop hands over an env factory (a fresh env of the run's id), for algorithms that also interact
+        with the environment themselves (vine sampling)."""
+        self.make_env = make_env
 
     def on_step(self, rollout: Rollout, t: int) -> None:
         """Called after vector step t (0-based) with the rollout filled up to t (PROPS's behaviour updates)."""

@@ -100,6 +100,8 @@ class PPO(ActorCritic):
         n = obs.shape[0]
         size = max(n // c.num_minibatches, 1)
         params = [*self.actor.parameters(), *self.critic.parameters()]
+        if c.update_epochs == 0:  # a fixed target (PROPS's sampling-error experiment)
+            return {}
         stop = False
         for _ in range(c.update_epochs):
             perm = torch.randperm(n, device=obs.device)

@@ -21,6 +21,10 @@ algos_app = typer.Typer(help="List registered algorithms.", no_args_is_help=True
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(algos_app, name="algos")
 
+from offline_rl.cli.certify import certify as _certify  # noqa: E402
+
+app.command("certify")(_certify)
+
 try:  # the sequence backend's commands (its heavy imports stay lazy inside)
     from offline_rl.cli.seq import app as seq_app
 
@@ -134,6 +138,8 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's checkpoint.")] = False,
     threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default). 1 is fastest for small "
                                          "networks on a shared machine.")] = 1,
+    obs_noise: Annotated[float, typer.Option(help="Std of Gaussian noise added to the observations of every offline "
+                                             "batch (policy smoothing; see `certify`).")] = 0.0,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Hyperparameter override key=value (repeat).")]
     = None,
 ) -> None:
@@ -147,7 +153,7 @@ def train(
     _check_positive("threads", threads, allow_zero=True)
     out = out or Path("runs") / algo / dataset.replace(":", "_").replace("/", "_") / f"seed{seed}"
     result = run_experiment(algo, dataset, seed, steps, eval_every or steps, eval_episodes, out, device,
-                            parse_overrides(set_), resume, threads=threads or None)
+                            parse_overrides(set_), resume, threads=threads or None, obs_noise=obs_noise)
     typer.echo(f"{result['status']}: last score {_fmt(result['final_score'])} (return "
                f"{_fmt(result['final_return'])}), best {_fmt(result['best_score'])}, "
                f"{result['updates_per_s']:.0f} updates/s -> {out / 'result.json'}")

@@ -4,7 +4,7 @@
 |---|---|---|
 | `offline_rl/CombinationLock-H<H>-v0` (H = 3, 5, 10, 20, 50) | HNPG's continuous combination lock (`envs.lock`) | return 1 |
 | `offline_rl/CombinationLock-v0` | the same, `horizon` etc. as kwargs | return 1 |
-| `offline_rl/LQR-v0` | discounted double-integrator LQR, 100-step episodes (`envs.lqr`) | Riccati J* |
+| `offline_rl/LQR-v0` | discounted scalar LQR (γ = 0.8), 40-step episodes (`envs.lqr`) | Riccati J* |
 | `offline_rl/BimodalBandit-v0` | one-step bandit with reward bumps at ±0.6 (`envs.bandits`) | return 1 |
 | `offline_rl/ArmedBandit-v0` | 10-armed Gaussian bandit of the PROPS repository | arm 9 |
 | `offline_rl/ThresholdStep-v0` | the policy-smoothing tightness case | Φ((c − B)/σ) |
@@ -28,7 +28,7 @@ def register_envs() -> None:
     """Register every toolkit env once (idempotent)."""
     entries = {
         f"{NAMESPACE}/CombinationLock-v0": ("offline_rl.envs.lock:CombinationLock", None, {}),
-        f"{NAMESPACE}/LQR-v0": ("offline_rl.envs.lqr:LQR", 100, {}),
+        f"{NAMESPACE}/LQR-v0": ("offline_rl.envs.lqr:LQR", 40, {}),
         f"{NAMESPACE}/BimodalBandit-v0": ("offline_rl.envs.bandits:BimodalBandit", None, {}),
         f"{NAMESPACE}/ArmedBandit-v0": ("offline_rl.envs.bandits:ArmedBandit", None, {}),
         f"{NAMESPACE}/ThresholdStep-v0": ("offline_rl.envs.bandits:ThresholdStep", None, {}),

@@ -1,8 +1,9 @@
 """Stochastic policy heads for on-policy methods (Gaussian, categorical, Gaussian mixture) and PMOE's tanh
 Gaussian-mixture actor for SAC-style methods.
 
-Every on-policy head has `dist(obs)` (a torch distribution over env actions, with `log_prob(a)` of shape [B]),
-`forward(obs)` (the deterministic action used by evaluation and export) and `sample(obs)`.
+Every on-policy head has `dist(obs)` (a torch distribution over env actions, with `log_prob(a)` of shape [B];
+argument validation is off, as it costs a third of a rollout step) and `forward(obs)` (the deterministic action
+used by evaluation and export).
 
 Initialisation (`init`):
 - `"orthogonal"`: CleanRL's PPO, orthogonal weights with gain √2 in the hidden layers and bias 0, the output layer
@@ -66,7 +67,7 @@ class GaussianPolicy(nn.Module):
     def dist(self, obs: torch.Tensor) -> Distribution:
         mean = self.mean(obs)
         # expand_as returns a view of the parameter: a distribution kept as "old" must be detached (HNPG trap).
-        return Independent(Normal(mean, self.log_std.exp().expand_as(mean)), 1)
+        return Independent(Normal(mean, self.log_std.exp().expand_as(mean), validate_args=False), 1, validate_args=False)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.mean(obs)
@@ -81,7 +82,7 @@ class CategoricalPolicy(nn.Module):
         self.logits = policy_mlp(obs_dim, n_actions, hidden, activation, init, head_scale)
 
     def dist(self, obs: torch.Tensor) -> Distribution:
-        return Categorical(logits=self.logits(obs))
+        return Categorical(logits=self.logits(obs), validate_args=False)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.logits(obs).argmax(-1)
@@ -114,8 +115,9 @@ class GaussianMixturePolicy(nn.Module):
 
     def dist(self, obs: torch.Tensor) -> Distribution:
         alpha, means = self.parts(obs)
-        experts = Independent(Normal(means, self.log_std.exp().expand_as(means)), 1)
-        return MixtureSameFamily(Categorical(probs=alpha), experts)
+        experts = Independent(Normal(means, self.log_std.exp().expand_as(means), validate_args=False), 1,
+                              validate_args=False)
+        return MixtureSameFamily(Categorical(probs=alpha, validate_args=False), experts, validate_args=False)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         alpha, means = self.parts(obs)
@@ -145,6 +147,14 @@ class TanhMixtureActor(nn.Module):
         self.trunk = mlp(obs_dim, hidden[-1], hidden[:-1])
         self.heads = nn.Linear(hidden[-1], 2 * k * act_dim)  # [μ, log σ] for every expert
         self.router = nn.Linear(hidden[-1], k)
+        # rlkit's init (PMOEMlp, TanhPMOEGaussianPolicy): hidden biases 0.1, heads U(±1e-3), so every expert starts
+        # at μ ≈ 0, σ ≈ 1 and the experts' heads barely share the trunk's updates at first.
+        with torch.no_grad():
+            for layer in self.trunk:
+                if isinstance(layer, nn.Linear):
+                    layer.bias.fill_(0.1)
+            self.heads.weight.uniform_(-1e-3, 1e-3)
+            self.heads.bias.uniform_(-1e-3, 1e-3)
         low = torch.as_tensor(action_low, dtype=torch.float32)
         high = torch.as_tensor(action_high, dtype=torch.float32)
         self.register_buffer("action_scale", (high - low) / 2.0)

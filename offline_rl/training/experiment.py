@@ -23,9 +23,11 @@ RUN = "run.json"
 
 def run_experiment(algo: str, dataset: str, seed: int, steps: int, eval_every: int, eval_episodes: int,
                    out_dir: str | Path, device: str = "cpu", overrides: dict[str, Any] | None = None,
-                   resume: bool = False, progress: bool | None = None, threads: int | None = 1) -> dict[str, Any]:
+                   resume: bool = False, progress: bool | None = None, threads: int | None = 1,
+                   obs_noise: float = 0.0) -> dict[str, Any]:
     """Train `algo` on `dataset` with `seed` and return the result record (also in `out_dir/result.json`).
 
+    `obs_noise` > 0 adds N(0, obs_noise²) to the observations of every offline batch (policy smoothing).
     `threads` sets torch's intra-op CPU threads (None: leave torch's default). One thread is the default: the
     networks are small, and on a loaded machine OpenMP threads competing for cores can slow a step by 10x or more.
     """
@@ -38,17 +40,23 @@ def run_experiment(algo: str, dataset: str, seed: int, steps: int, eval_every: i
     if get(algo).loop != "offline":  # on-policy and hybrid algorithms collect their own data (an env factory)
         from offline_rl.training.onpolicy import run_onpolicy_experiment
 
+        if obs_noise:
+            raise UserError("observation noise is an option for offline batches; on-policy runs collect their own data")
         return run_onpolicy_experiment(algo, dataset, seed, steps, eval_every, eval_episodes, out_dir, device,
                                        overrides, resume, progress)
     out = Path(out_dir)
     dev = resolve_device(device)
     data = load_dataset(dataset, device=str(dev))
+    if obs_noise:
+        from offline_rl.data.noise import with_observation_noise
+
+        data = with_observation_noise(data, obs_noise)
     seed_everything(seed)
     agent = make(algo, data.spec, dict(overrides or {}), dev, dataset=data)
     atomic_write_json(out / RUN, {
         "algo": agent.name, "config": dataclasses.asdict(agent.config), "spec": data.spec.to_dict(),
         "dataset_source": dataset, "env_id": data.env_id, "ref_min_score": data.ref_min_score,
-        "ref_max_score": data.ref_max_score, "seed": seed, "steps": steps})
+        "ref_max_score": data.ref_max_score, "seed": seed, "steps": steps, "obs_noise": obs_noise})
     result = train(agent, data, steps, seed=seed, eval_every=eval_every, eval_episodes=eval_episodes,
                    out_dir=out, resume=resume, progress=progress)
     return result.to_dict()

@@ -85,13 +85,16 @@ class RolloutCollector:
         self.obs, self.running_return, self.timestep = state["obs"], state["running_return"], state["timestep"]
 
     def collect(self, length: int) -> tuple[Rollout, list[float]]:
-        """`length` vector steps with `algo.act`; returns the rollout and the returns of the episodes that ended."""
+        """`length` vector steps with `algo.act`; returns the rollout and the returns of the episodes that ended.
+
+        `algo.on_step(rollout, t)` sees observations, actions and extras filled up to step t; the other fields
+        are filled when the rollout is complete."""
         algo, device, n = self.algo, self.algo.device, self.n
         obs_dim = self.obs.shape[1]
         obs_buf = torch.zeros(length, n, obs_dim, device=device)
-        next_buf = torch.zeros(length, n, obs_dim, device=device)
-        rew, term, trunc = (torch.zeros(length, n, device=device) for _ in range(3))
-        steps_buf = torch.zeros(length, n, dtype=torch.long, device=device)
+        next_np = np.zeros((length, n, obs_dim), dtype=np.float32)
+        rew_np, term_np, trunc_np = (np.zeros((length, n), dtype=np.float32) for _ in range(3))
+        steps_np = np.zeros((length, n), dtype=np.int64)
         actions_buf: torch.Tensor | None = None
         extras: dict[str, torch.Tensor] = {}
         states: list[list[Any]] | None = [] if algo.needs_env_states else None
@@ -107,18 +110,15 @@ class RolloutCollector:
             if actions_buf is None:
                 actions_buf = torch.zeros(length, *actions.shape, dtype=actions.dtype, device=device)
                 extras = {k: torch.zeros(length, *v.shape, dtype=v.dtype, device=device) for k, v in step_extras.items()}
-                rollout = Rollout(obs_buf, actions_buf, rew, term, trunc, next_buf, steps_buf, extras, states)
-            env_np = env_actions.cpu().numpy()
-            next_obs, real_next, rewards, terminated, truncated = step_envs(self.envs, env_np)
+                zeros = torch.zeros(length, n, device=device)
+                rollout = Rollout(obs_buf, actions_buf, zeros, zeros, zeros, obs_buf, zeros.long(), extras, states)
+            next_obs, real_next, rewards, terminated, truncated = step_envs(self.envs, env_actions.cpu().numpy())
             obs_buf[t] = obs_t
             actions_buf[t] = actions
             for k, v in step_extras.items():
                 extras[k][t] = v
-            rew[t] = torch.as_tensor(rewards, dtype=torch.float32, device=device)
-            term[t] = torch.as_tensor(terminated, dtype=torch.float32, device=device)
-            trunc[t] = torch.as_tensor(truncated, dtype=torch.float32, device=device)
-            next_buf[t] = torch.as_tensor(real_next, dtype=torch.float32, device=device)
-            steps_buf[t] = torch.as_tensor(self.timestep, device=device)
+            rew_np[t], term_np[t], trunc_np[t], next_np[t], steps_np[t] = (rewards, terminated, truncated,
+                                                                          real_next, self.timestep)
             self.running_return += rewards
             done = terminated | truncated
             for i in np.flatnonzero(done):
@@ -128,6 +128,10 @@ class RolloutCollector:
             self.obs = next_obs
             algo.on_step(rollout, t)
         assert rollout is not None
+        rollout.rewards, rollout.terminated, rollout.truncated = (torch.as_tensor(x, device=device)
+                                                                  for x in (rew_np, term_np, trunc_np))
+        rollout.next_observations = torch.as_tensor(next_np, device=device)
+        rollout.timesteps = torch.as_tensor(steps_np, device=device)
         return rollout, finished
 
     def close(self) -> None:
@@ -160,6 +164,7 @@ def train_onpolicy(algo: OnPolicyAlgorithm, env_id: str, steps: int, seed: int =
 
     seed_everything(seed)
     algo.configure_schedule(steps)
+    algo.attach_env(lambda: make_env(env_id, **env_kwargs))
     if dataset is not None:
         algo.prepare(dataset.to(algo.device))
     collector = RolloutCollector(algo, env_id, seed, env_kwargs)
