@@ -98,15 +98,13 @@ class PPO(ActorCritic):
         with torch.no_grad():
             old_log_prob = self.actor.dist(obs).log_prob(actions)
         n = obs.shape[0]
-        size = max(n // c.num_minibatches, 1)
         params = [*self.actor.parameters(), *self.critic.parameters()]
         if c.update_epochs == 0:  # a fixed target (PROPS's sampling-error experiment)
             return {}
         stop = False
         for _ in range(c.update_epochs):
             perm = torch.randperm(n, device=obs.device)
-            for start in range(0, n, size):
-                idx = perm[start:start + size]
+            for idx in torch.tensor_split(perm, min(c.num_minibatches, n)):  # CleanRL's slices when n divides
                 dist = self.actor.dist(obs[idx])
                 log_ratio = dist.log_prob(actions[idx]) - old_log_prob[idx]
                 ratio = log_ratio.exp()

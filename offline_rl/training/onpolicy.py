@@ -249,7 +249,7 @@ def run_onpolicy_experiment(algo: str, source: str, seed: int, steps: int, eval_
     from offline_rl.data.cards import get_card
 
     if get_card(source) is None and is_registered(source):
-        env_id, family, name = source, _env_family(source), source
+        env_id, family, name = source, env_family(source), source
     else:
         data = load_dataset(source, device=str(dev))
         if data.env_id is None:
@@ -275,7 +275,7 @@ def run_onpolicy_experiment(algo: str, source: str, seed: int, steps: int, eval_
     return result.to_dict()
 
 
-def _env_family(env_id: str) -> str:
+def env_family(env_id: str) -> str:
     """The preset table for an env-only run: the env's name without namespace or version, lower case
     (`CartPole-v1` → `cartpole`, `offline_rl/LQR-v0` → `lqr`)."""
     name = env_id.rsplit("/", 1)[-1].split("-v")[0]
