@@ -14,7 +14,7 @@ from torch.nn import functional as F
 
 from offline_rl.algos import build_config, get
 from offline_rl.algos.poly_ppo import pass_at_k, polychromic_advantages
-from offline_rl.algos.props import sampling_error
+from offline_rl.algos.props import feature_frozen_copy, sampling_error
 from offline_rl.nets.policies import GaussianMixturePolicy, TanhMixtureActor
 from offline_rl.training.onpolicy import RolloutCollector, env_spec, train_onpolicy
 
@@ -57,6 +57,8 @@ def test_ros_takes_one_unclipped_gradient_step():
 
 def test_sampling_error_is_the_kl_of_the_empirical_policy():
     algo = _algo("props", BANDIT)
+    mle = feature_frozen_copy(algo.actor)  # only the last layer of the empirical policy trains (ROS, PROPS)
+    assert [n for n, p in mle.named_parameters() if p.requires_grad] == ["logits.4.weight", "logits.4.bias"]
     obs = torch.ones(300, 1)
     actions = torch.tensor([0] * 150 + [1] * 90 + [2] * 60)
     target = algo.actor.dist(obs[:1]).probs[0].detach().double()
@@ -91,14 +93,13 @@ def test_polychromic_advantage_with_unit_diversity_is_the_scaled_group_advantage
 
 
 def test_polychromic_advantage_with_diversity_by_hand():
-    returns, labels = np.array([1.0, 1.0, 0.0]), ["a", "a", "b"]
-    # pairs: (0,1) mean 1, one label → 1·½;  (0,2) mean ½, two labels → ½·1;  (1,2) the same → ½
-    f = {(0, 1): 0.5, (0, 2): 0.5, (1, 2): 0.5}
+    returns, labels = np.array([1.0, 1.0, 0.5]), ["a", "a", "b"]
+    # pairs: (0,1) mean 1, one label of 2 → 1·½;  (0,2) mean ¾, two labels → ¾·1;  (1,2) the same → ¾
+    f = {(0, 1): 0.5, (0, 2): 0.75, (1, 2): 0.75}
     adv = polychromic_advantages(returns, labels, 2)
     expected = [np.mean([v for k, v in f.items() if i in k]) - np.mean(list(f.values())) for i in range(3)]
     np.testing.assert_allclose(adv, expected, atol=1e-12)
-    adv = polychromic_advantages(np.array([1.0, 1.0, 1.0]), ["a", "a", "b"], 2)
-    assert adv[2] > 0 > adv[0]  # the trajectory with the rare label is worth more in a set
+    assert adv[2] > 0 > adv[0]  # the lower-return but rare-path trajectory is worth more in a set
 
 
 def test_pass_at_k_estimator_matches_enumeration():
