@@ -324,6 +324,8 @@ def test_stationary_hnpg_runs_on_a_mujoco_env_with_discounted_targets():
     metrics = algo.update_rollout(rollout, 0)
     assert all(math.isfinite(float(v)) for v in metrics.values())
     assert any(not torch.equal(before[k], v) for k, v in algo.policies[0].state_dict().items())
+    action = algo.policy()(rollout.observations[0])  # float32 observations in, float32 actions out (evaluation)
+    assert action.dtype == torch.float32 and action.shape == (2, 1)
 
 
 @pytest.mark.slow

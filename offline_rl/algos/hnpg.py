@@ -99,6 +99,17 @@ class StepwisePolicy(nn.Module):
         return out.to(obs.dtype)
 
 
+class Float64Policy(nn.Module):
+    """The stationary deterministic policy μ(s) of `per_step = false`: computed in float64 like the networks."""
+
+    def __init__(self, policy: nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.policy(obs.to(torch.float64)).to(obs.dtype)
+
+
 def lock_readout(obs_dim: int, horizon: int) -> torch.Tensor:
     """M with argmax(obs·M) = h for combination-lock observations (undo the Hadamard, take the time coordinates)."""
     if obs_dim < horizon + 3 or obs_dim & (obs_dim - 1):
@@ -327,5 +338,5 @@ class HNPG(OnPolicyAlgorithm):
     def policy(self) -> nn.Module:
         """The deterministic policy μ_h(s); per step, h is read from the observation (`StepwisePolicy`)."""
         if self.readout is None:
-            return self.policies[0]
+            return Float64Policy(self.policies[0])
         return StepwisePolicy(self.policies, self.readout.to(self.device))
