@@ -24,6 +24,7 @@ import torch
 from offline_rl.algos.base import register
 from offline_rl.algos.pg_core import (
     ActorCritic,
+    ActorCriticConfig,
     Rollout,
     flat_params,
     line_search,
@@ -35,7 +36,7 @@ from offline_rl.data.dataset import Spec
 
 
 @dataclass
-class NPGConfig:
+class NPGConfig(ActorCriticConfig):
     """Spinning Up's TRPO defaults (batch 4000, γ 0.99, λ 0.97, δ 0.01, damping 0.1, 10 CG steps, critic Adam 1e-3
     × 80); sources in `algos/npg.toml`."""
 
@@ -49,15 +50,6 @@ class NPGConfig:
     norm_adv: bool = True
     vf_lr: float = 1e-3
     vf_iters: int = 80
-    clip_actions: bool = True
-    hidden: tuple[int, ...] = (64, 64)
-    critic_hidden: tuple[int, ...] = (64, 64)
-    activation: str = "tanh"
-    init: str = "orthogonal"
-    head_scale: float = 0.01
-    log_std_init: float = 0.0
-    policy_head: str = "gaussian"
-    gmm_k: int = 4
 
 
 @dataclass

@@ -241,10 +241,13 @@ def mean_kl_to(policy: nn.Module, obs: torch.Tensor) -> Callable[[], torch.Tenso
 # ---- the base of every on-policy algorithm -------------------------------------------------------------------
 
 @dataclass
-class PolicyConfig:
-    """Policy-head settings shared by the on-policy algorithms."""
+class ActorCriticConfig:
+    """Network settings shared by the actor-critic algorithms (PPO, NPG, TRPO and their subclasses): 64-64 tanh
+    actor and critic with CleanRL's orthogonal init, actions clipped to finite Box bounds for the env."""
 
+    clip_actions: bool = True
     hidden: tuple[int, ...] = (64, 64)
+    critic_hidden: tuple[int, ...] = (64, 64)
     activation: str = "tanh"
     init: str = "orthogonal"
     head_scale: float = 0.01
@@ -333,7 +336,7 @@ class OnPolicyAlgorithm(Algorithm):
 
 class ActorCritic(OnPolicyAlgorithm):
     """A policy head and a state-value critic V(s) (tanh MLP, orthogonal init with head gain 1, as in CleanRL),
-    with GAE advantages. The config needs the `PolicyConfig` fields, `gamma`, `gae_lambda` and `critic_hidden`.
+    with GAE advantages. The config extends `ActorCriticConfig` with `gamma` and `gae_lambda`.
 
     Subclasses implement `update_rollout` with `advantages(rollout)` and the policy's `dist`.
     """

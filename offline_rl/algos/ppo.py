@@ -25,13 +25,13 @@ import torch
 from torch import nn
 
 from offline_rl.algos.base import register
-from offline_rl.algos.pg_core import ActorCritic, Rollout, cat_rollouts
+from offline_rl.algos.pg_core import ActorCritic, ActorCriticConfig, Rollout, cat_rollouts
 from offline_rl.data.dataset import Spec
 from offline_rl.errors import ConfigError
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(ActorCriticConfig):
     """CleanRL `ppo_continuous_action.py` defaults; sources for every value in `algos/ppo.toml`."""
 
     lr: float = 3e-4
@@ -50,15 +50,6 @@ class PPOConfig:
     max_grad_norm: float = 0.5
     target_kl: float | None = None
     buffer_batches: int = 1
-    clip_actions: bool = True
-    hidden: tuple[int, ...] = (64, 64)
-    critic_hidden: tuple[int, ...] = (64, 64)
-    activation: str = "tanh"
-    init: str = "orthogonal"
-    head_scale: float = 0.01
-    log_std_init: float = 0.0
-    policy_head: str = "gaussian"
-    gmm_k: int = 4
 
 
 @register("ppo")

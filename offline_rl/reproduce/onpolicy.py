@@ -39,7 +39,8 @@ def _build(name: str, env_id: str, overrides: dict[str, Any], seed: int):
 
     env = gym.make(env_id)
     cls = get(name)
-    config = build_config(cls, {**cls.env_defaults(env), **load_preset(cls.name, env_id, env_family(env_id)),
+    defaults = cls.env_defaults(env) if hasattr(cls, "env_defaults") else {}
+    config = build_config(cls, {**defaults, **load_preset(cls.name, env_id, env_family(env_id)),
                                 **overrides})
     torch.manual_seed(seed)
     return cls(env_spec(env), config), env
