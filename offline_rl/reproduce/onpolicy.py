@@ -291,9 +291,10 @@ def policy_smoothing_entry(quick: bool) -> list[Row]:
     from offline_rl.evaluation.certify import certify
 
     c, sigma = 0.3, 0.5
-    episodes = 10_000 if quick else 100_000
+    episodes = 40_000 if quick else 200_000
     budgets = (0.0, 0.25, 0.5, 1.0)
     cert = certify(_Threshold(c), "offline_rl/ThresholdStep-v0", sigma, budgets, episodes, alpha=0.05, seed=0)
-    slack = 3.0 * np.sqrt(0.25 / episodes)  # the Clopper–Pearson lower bound sits ≈ 2.2 standard errors low
+    # the Clopper–Pearson bound at α/2 sits ≈ 2 standard errors below p̂, and p̂ itself is within ≈ 3 of p
+    slack = 5.0 * np.sqrt(0.25 / episodes)
     return [row(f"c={c} σ={sigma} N={episodes} B={r['budget']:g}", "certified E[F] vs exact",
                 r["lower_bound"], float(norm.cdf((c - r["budget"]) / sigma)), slack) for r in cert.certified]
