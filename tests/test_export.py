@@ -191,7 +191,7 @@ def _with_stats(agent: Algorithm, seed: int) -> Algorithm:
     return agent
 
 
-@pytest.mark.parametrize("name", sorted(n for n in algos.available() if algos.get(n).trains_on == "dataset"))
+@pytest.mark.parametrize("name", sorted(n for n in algos.available() if algos.get(n).loop == "offline"))
 def test_every_algorithm_exports_its_policy(name, tmp_path):
     """Every registered algorithm, freshly built on an asymmetric action box; ONNX for the heads the trained runs
     above do not cover (O-DICE's unsquashed Gaussian mean, SAC's scale·tanh + bias without normalisation). IQL

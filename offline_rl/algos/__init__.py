@@ -1,6 +1,24 @@
 """Plug-in algorithms on one base class. Built-ins register on import; others via the `offline_rl.algos` entry points."""
 
-from offline_rl.algos import a2pr, bc, hdpo, iql, odice, prdc, sac, td3_bc  # noqa: F401  (registration side effects)
+from offline_rl.algos import (  # noqa: F401  (registration side effects)
+    a2pr,
+    bc,
+    gpomdp,
+    harpg,
+    hdpo,
+    hnpg,
+    iql,
+    npg,
+    npg_igt,
+    odice,
+    pmoe,
+    poly_ppo,
+    ppo,
+    prdc,
+    props,
+    sac,
+    td3_bc,
+)
 from offline_rl.algos.base import (
     Algorithm,
     PolicyWithNormalizer,

@@ -66,11 +66,12 @@ class Algorithm(nn.Module):
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = object
-    trains_on: ClassVar[str] = "dataset"
-    """What the algorithm learns from: "dataset" (offline data; `offline-rl train`), or "simulator" (a model it
-    differentiates through, built from its config rather than from a dataset's spec: HDPO)."""
     graph_safe: ClassVar[bool] = False
     """True when `update` can be captured in a CUDA graph (offline_rl.training.graphs says what that needs)."""
+    loop: ClassVar[str] = "offline"
+    """The training loop the algorithm needs: "offline" (`training.train`: offline data), "onpolicy"
+    (`training.onpolicy`: an env factory, and offline data for hybrids) or "simulator" (its own loop through a model
+    it differentiates, built from its config rather than a dataset's spec: HDPO, `algos.hdpo.train_hdpo`)."""
 
     def __init__(self, spec: Spec, config: Any, device: str | torch.device = "cpu") -> None:
         super().__init__()

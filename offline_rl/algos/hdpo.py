@@ -105,7 +105,7 @@ def optimum(config: HDPOConfig) -> float | None:
 
 @register("hdpo")
 class HDPO(Algorithm):
-    trains_on = "simulator"
+    loop = "simulator"
     Config = HDPOConfig
 
     def __init__(self, spec: Spec, config: HDPOConfig, device: str | torch.device = "cpu") -> None:

@@ -84,23 +84,30 @@ class SAC(Algorithm):
 
         # Actor: reparameterised KL to the soft Q (critic frozen, so no critic weight gradients are computed).
         self.critic.requires_grad_(False)
-        action, log_pi = self.actor.sample(obs)
-        actor_loss = (alpha * log_pi - self.critic(obs, action).min(0).values).mean()
+        actor_loss, log_pi, actor_metrics = self.actor_loss(obs, alpha)
         self.optimize("actor", actor_loss)
         self.critic.requires_grad_(True)
 
         metrics = {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(),
-                   "q_mean": q.detach().mean(), "entropy": -log_pi.detach().mean(), "alpha": alpha}
-        # Temperature: dual gradient step on log α with a sample from the updated actor.
+                   "q_mean": q.detach().mean(), "entropy": -log_pi.detach().mean(), "alpha": alpha, **actor_metrics}
+        # Temperature: dual gradient step on log α.
         if c.autotune_alpha:
-            with torch.no_grad():
-                _, new_log_pi = self.actor.sample(obs)
-            alpha_loss = -self.log_alpha * (new_log_pi.mean() + self.target_entropy)
+            alpha_loss = -self.log_alpha * (self.temperature_log_prob(obs, log_pi).mean() + self.target_entropy)
             self.optimize("alpha", alpha_loss)
             metrics["alpha_loss"] = alpha_loss.detach()
         if step % c.target_update_interval == 0:
             soft_update(self.critic_target, self.critic, c.tau)
         return metrics
+
+    def actor_loss(self, obs: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(J_π, log π of the actions it used, extra metrics); PMOE swaps in its frequency-approximate loss."""
+        action, log_pi = self.actor.sample(obs)
+        return (alpha * log_pi - self.critic(obs, action).min(0).values).mean(), log_pi, {}
+
+    @torch.no_grad()
+    def temperature_log_prob(self, obs: torch.Tensor, log_pi: torch.Tensor) -> torch.Tensor:
+        """The log π the temperature step uses: a fresh sample from the updated actor (softlearning)."""
+        return self.actor.sample(obs)[1]
 
     @property
     def update_period(self) -> int:

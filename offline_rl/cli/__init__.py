@@ -24,6 +24,10 @@ algos_app = typer.Typer(help="List registered algorithms.", no_args_is_help=True
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(algos_app, name="algos")
 
+from offline_rl.cli.certify import certify as _certify  # noqa: E402
+
+app.command("certify")(_certify)
+
 try:  # the sequence backend's commands (its heavy imports stay lazy inside)
     from offline_rl.cli.seq import app as seq_app
 
@@ -153,8 +157,9 @@ def algos_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON 
 def train(
     algo: Annotated[str, typer.Option(help="Algorithm name (see `algos list`).")],
     dataset: Annotated[str, typer.Option(help="Card name (NAME or NAME@STEPS[,seed=S]), d4rl:<name>, .hdf5 path "
-                                         "or minari:<id>.")],
-    steps: Annotated[int, typer.Option(help="Gradient updates.")] = 100_000,
+                                         "or minari:<id>; on-policy algorithms also take a gymnasium env id.")],
+    steps: Annotated[int, typer.Option(help="Gradient updates (on-policy and hybrid algorithms: env samples).")]
+    = 100_000,
     seed: Annotated[int, typer.Option(help="Seed for python, numpy, torch and the envs.")] = 0,
     seeds: Annotated[str | None, typer.Option(help="Several seeds at once in one process, e.g. 0,1,2,3,4: one "
                                               "folder OUT/seed<S>/ per seed (replaces --seed).")] = None,
@@ -169,6 +174,8 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Replace whatever run the folder holds.")] = False,
     threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default). 1 is fastest for small "
                                          "networks on a shared machine.")] = 1,
+    obs_noise: Annotated[float, typer.Option(help="Std of Gaussian noise added to the observations of every offline "
+                                             "batch (policy smoothing; see `certify`).")] = 0.0,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Hyperparameter override key=value (repeat).")]
     = None,
 ) -> None:
@@ -186,7 +193,7 @@ def train(
     out = out or (cell if seed_list else cell / f"seed{seed}")
     returned = run_experiment(algo, dataset, seed, steps, eval_every, eval_episodes, out, device,
                               parse_overrides(set_), resume, threads=threads or None, overwrite=overwrite,
-                              seeds=seed_list)
+                              seeds=seed_list, obs_noise=obs_noise)
     results = returned if isinstance(returned, list) else [returned]
     for result in results:
         folder = out / f"seed{result['seed']}" if seed_list else out

@@ -1,6 +1,7 @@
-"""Environment factories shared by dataset generation and evaluation.
+"""Environment factories shared by dataset generation and evaluation, and the toolkit's own environments.
 
-Thin wrappers over gymnasium so every part of the toolkit builds environments the same way.
+Thin wrappers over gymnasium so every part of the toolkit builds environments the same way. Importing this
+package registers the toolkit's envs (combination lock, LQR, bandits, multi-path grid: `envs.registry`).
 """
 
 from __future__ import annotations
@@ -11,19 +12,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["make_env", "make_vector_env", "env_spaces", "box_bounds", "is_registered", "dataset_diagnostics"]
+from offline_rl.envs.registry import register_envs
 
-SUITE_ENVS: dict[str, tuple[str, int]] = {
-    "offline_rl/InventoryLostSales-v0": ("offline_rl.envs.inventory.gym_env:lost_sales_env", 50),
-    "offline_rl/InventoryBacklogged-v0": ("offline_rl.envs.inventory.gym_env:backlogged_env", 50),
-    "offline_rl/InventorySerial-v0": ("offline_rl.envs.inventory.gym_env:serial_env", 50),
-    "offline_rl/RiverSwim-v0": ("offline_rl.envs.riverswim:RiverSwimEnv", 20),
-}
-"""The toolkit's own env suites: gymnasium id → (entry point, default max_episode_steps)."""
+__all__ = ["make_env", "make_vector_env", "env_spaces", "box_bounds", "is_registered", "register_envs",
+           "dataset_diagnostics"]
 
-for _env_id, (_entry, _steps) in SUITE_ENVS.items():
-    if _env_id not in gym.registry:
-        gym.register(_env_id, entry_point=_entry, max_episode_steps=_steps)
+register_envs()
 
 
 def make_env(env_id: str, **kwargs: Any) -> gym.Env:

@@ -29,6 +29,7 @@ import scipy.linalg
 import torch
 
 from offline_rl.envs import box_bounds, env_spaces
+from offline_rl.envs.lock import LockPolicy, lock_eps_greedy
 from offline_rl.envs.riverswim import SwimRight
 from offline_rl.errors import DatasetError, UserError
 
@@ -160,10 +161,12 @@ class ZooBehaviour:
             return self.policy(obs)
 
 
-CONTROLLERS: dict[str, Callable[[str], Policy]] = {
+CONTROLLERS: dict[str, Callable[..., Policy]] = {
     "pendulum-swingup": PendulumSwingUp,
     "idp-lqr": InvertedDoublePendulumLQR,
     "riverswim-swim": SwimRight,
+    "lock-optimal": LockPolicy,
+    "lock-eps-greedy": lock_eps_greedy,
 }
 
 _NOISE_KEYS = {"action_noise", "random_prob"}
@@ -267,7 +270,7 @@ def make_policy(behaviour: Mapping[str, Any], env_id: str, seed: int) -> Policy:
     """The behaviour policy a card describes (see the module docstring): `{policy = "random"}`, a controller
     name or `"zoo"`, plus optional noise. Random draws come from generators seeded from `seed`."""
     name = behaviour.get("policy")
-    options = set(inspect.signature(CONTROLLERS[name]).parameters) - {"env_id"} if name in CONTROLLERS else set()
+    options = set(inspect.signature(CONTROLLERS[name]).parameters) - {"env_id", "rng"} if name in CONTROLLERS else set()
     allowed = {"policy"} | _NOISE_KEYS | options | (_ZOO_KEYS if name == "zoo" else set())
     unknown = set(behaviour) - allowed
     if unknown:
@@ -284,7 +287,9 @@ def make_policy(behaviour: Mapping[str, Any], env_id: str, seed: int) -> Policy:
     if name == "zoo":
         base: Policy = _zoo_policy(behaviour, env_id, seed)
     elif name in CONTROLLERS:
-        base = CONTROLLERS[name](env_id, **{k: v for k, v in behaviour.items() if k in options})
+        factory = CONTROLLERS[name]  # a controller that draws random numbers takes the seeded `rng`
+        extra = {"rng": rng} if "rng" in inspect.signature(factory).parameters else {}
+        base = factory(env_id, **{k: v for k, v in behaviour.items() if k in options}, **extra)
     else:
         known = ", ".join(["random", "zoo", *sorted(CONTROLLERS)])
         raise DatasetError(f"behaviour policy {name!r} is unknown; known: {known}")

@@ -64,14 +64,17 @@ def evaluate(policy: nn.Module, env_id: str, episodes: int = 10, seed: int = 0,
 def _run_round(policy: nn.Module, env_id: str, n: int, seed: int, device) -> tuple[list[float], list[int]]:
     envs = gym.make_vec(env_id, num_envs=n, vectorization_mode="sync")
     try:
-        low, high = envs.single_action_space.low, envs.single_action_space.high
+        space = envs.single_action_space
+        bounds = (space.low, space.high) if isinstance(space, gym.spaces.Box) else None  # Discrete: no clipping
         obs, _ = envs.reset(seed=[seed + i for i in range(n)])
         totals = np.zeros(n)
         steps = np.zeros(n, dtype=np.int64)
         running = np.ones(n, dtype=bool)
         while running.any():
             obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
-            action = np.clip(policy(obs_t).cpu().numpy(), low, high)
+            action = policy(obs_t).cpu().numpy()
+            if bounds is not None:
+                action = np.clip(action, *bounds)
             obs, reward, terminated, truncated, _ = envs.step(action)
             totals += reward * running
             steps += running

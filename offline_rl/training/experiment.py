@@ -75,11 +75,14 @@ def resolve_run(algo: str, dataset: str | Dataset, seed: int, steps: int, eval_e
 def run_experiment(algo: str, dataset: str, seed: int, steps: int, eval_every: int | None, eval_episodes: int | None,
                    out_dir: str | Path, device: str = "cpu", overrides: dict[str, Any] | None = None,
                    resume: bool = False, progress: bool | None = None, threads: int | None = 1,
-                   overwrite: bool = False, seeds: list[int] | None = None) -> dict[str, Any] | list[dict[str, Any]]:
+                   overwrite: bool = False, seeds: list[int] | None = None,
+                   obs_noise: float = 0.0) -> dict[str, Any] | list[dict[str, Any]]:
     """Train `algo` on `dataset` with `seed` and return the result record (also in `out_dir/result.json`).
 
     With `seeds`, train them all at once in this process (`offline_rl.training.seeds`) into `out_dir/seed<S>/`
-    and return their records (`seed` is then ignored).
+    and return their records (`seed` is then ignored). `obs_noise` > 0 adds N(0, obs_noise²) to the observations
+    of every offline batch (policy smoothing). On-policy and hybrid algorithms (`Algorithm.loop`) go to their own
+    loop (`offline_rl.training.onpolicy`).
 
     `threads` sets torch's intra-op CPU threads (None: leave torch's default). One thread is the default: the
     networks are small, and on a loaded machine OpenMP threads competing for cores can slow a step by 10x or more.
@@ -88,8 +91,25 @@ def run_experiment(algo: str, dataset: str, seed: int, steps: int, eval_every: i
 
     if threads:
         torch.set_num_threads(threads)
+    if get(algo).loop == "simulator":
+        raise UserError(f"{get(algo).name} trains through its own simulator, not on a dataset; see "
+                        f"offline_rl.algos.{get(algo).name} (or `offline-rl reproduce {get(algo).name}`)")
+    if get(algo).loop != "offline":  # on-policy and hybrid algorithms collect their own data (an env factory)
+        from offline_rl.training.onpolicy import run_onpolicy_experiment
+
+        if obs_noise or seeds is not None:
+            raise UserError("--obs-noise and --seeds are options of offline training; on-policy runs collect their "
+                            "own data, one seed at a time")
+        every = (DEFAULT_EVAL_EVERY if eval_every is None else eval_every) or steps
+        episodes = DEFAULT_EVAL_EPISODES if eval_episodes is None else eval_episodes
+        return run_onpolicy_experiment(algo, dataset, seed, steps, every, episodes, out_dir, device, overrides,
+                                       resume, progress, overwrite)
     run = resolve_run(algo, dataset, (seeds or [seed])[0], steps, eval_every, eval_episodes, device, overrides)
     data = run.dataset.to(run.device)
+    if obs_noise:
+        from offline_rl.data.noise import with_observation_noise
+
+        data = with_observation_noise(data, obs_noise)
     if seeds is not None:
         from offline_rl.training.seeds import train_seeds
 
