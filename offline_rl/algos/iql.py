@@ -88,14 +88,17 @@ class IQL(Algorithm):
         soft_update(self.qf_target, self.qf, c.tau)
 
         # Policy step: advantage-weighted log-likelihood of the (normalised) dataset action.
-        weights = awr_weights(advantage, c.beta, c.max_weight)
-        log_prob = self.actor.dist(obs).log_prob(batch.actions / self.actor.max_action).sum(-1)
-        actor_loss = -(weights * log_prob).mean()
+        actor_loss = self.actor_loss(obs, batch.actions, awr_weights(advantage, c.beta, c.max_weight))
         self.optimize("actor", actor_loss)
         if "actor" in self.schedulers:
             self.schedulers["actor"].step()
         return {"v_loss": v_loss.detach(), "q_loss": q_loss.detach(), "actor_loss": actor_loss.detach(),
                 "advantage_mean": advantage.detach().mean()}
+
+    def actor_loss(self, obs: torch.Tensor, actions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """AWR: −mean(w · log π(a | s)) over normalised states and actions (AWM swaps in a flow-matching loss)."""
+        log_prob = self.actor.dist(obs).log_prob(actions / self.actor.max_action).sum(-1)
+        return -(weights * log_prob).mean()
 
     def policy(self) -> nn.Module:
         return PolicyWithNormalizer(self.normalizer, self.actor)

@@ -149,6 +149,8 @@ def train(
     typer.echo(f"{result['status']}: last score {_fmt(result['final_score'])} (return "
                f"{_fmt(result['final_return'])}), best {_fmt(result['best_score'])}, "
                f"{result['updates_per_s']:.0f} updates/s -> {out / 'result.json'}")
+    for label, curve in result.get("companion_curves", {}).items():
+        typer.echo(f"  {label} policy: last score {_fmt(curve[-1][1])} (return {_fmt(curve[-1][2])})")
     if result["status"] == "diverged":
         raise typer.Exit(1)
 
@@ -249,6 +251,13 @@ def reproduce(
     for r in report["rows"]:
         typer.echo(f"{r['case']:<34} {r['metric']:<26} {r['ours']:>12.5g} {r['reference']:>12.5g} {r['gap']:>10.3g}  "
                    f"{'yes' if r['passed'] else 'NO'}")
+
+
+from offline_rl.cli.diffusion import augment_app  # noqa: E402  (augment pgd and compose: docs/diffusion.md)
+from offline_rl.cli.diffusion import compose as _compose  # noqa: E402
+
+app.add_typer(augment_app, name="augment")
+app.command("compose")(_compose)
 
 
 def _fmt(x: float | None) -> str:

@@ -18,7 +18,7 @@ def load_dataset(source: str | os.PathLike, device: str | torch.device = "cpu", 
     """Load `source` as flat transition tensors on `device`, validated.
 
     `source` is one of: a card name (`pendulum-medium`; generated into `$OFFLINE_RL_HOME/minari` on first use),
-    `d4rl:<name>` (from `$D4RL_DATASET_DIR`, downloaded when missing), a path to a D4RL `.hdf5` file,
+    the name of a dataset the toolkit wrote under `$OFFLINE_RL_HOME/datasets/` (e.g. by `augment pgd`), `d4rl:<name>` (from `$D4RL_DATASET_DIR`, downloaded when missing), a path to a D4RL `.hdf5` file,
     `minari:<dataset_id>`, or a path to a local Minari dataset folder.
 
     Defaults follow D4RL's `qlearning_dataset`: timeout (truncated) rows are dropped and the bootstrap mask is
@@ -48,6 +48,9 @@ def load_dataset(source: str | os.PathLike, device: str | torch.device = "cpu", 
         return d4rl.read_d4rl(path, use_next_observations=use_next_observations, **options)
     if path.is_dir():
         return minari_io.load_minari_dir(path, **options)
+    named = minari_io.named_dataset_dir(src)
+    if named is not None:
+        return minari_io.read_minari(minari_io.open_dir(named), src, source=src, **options)
     cards = sorted(load_cards())
     raise DatasetError(f"unknown dataset '{src}'{did_you_mean(src, cards)}: not a card name (available: "
                        f"{', '.join(cards) or 'none'}), an existing .hdf5 file or Minari folder, 'd4rl:<name>' or "

@@ -35,6 +35,18 @@ def cache_root() -> Path:
     return home() / "minari"
 
 
+def named_datasets_root() -> Path:
+    """Where datasets made by the toolkit under a user's name live (`offline-rl augment pgd --out NAME`):
+    `$OFFLINE_RL_HOME/datasets/<NAME>`, each a Minari dataset folder; `load_dataset(NAME)` finds them."""
+    return home() / "datasets"
+
+
+def named_dataset_dir(name: str) -> Path | None:
+    """The folder of the named dataset `name`, or None when there is none."""
+    path = named_datasets_root() / name
+    return path if "/" not in name and (path / "data" / "metadata.json").is_file() else None
+
+
 def _open(data_path: Path, where: str):
     from minari import MinariDataset
 

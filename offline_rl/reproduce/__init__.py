@@ -47,7 +47,7 @@ class Entry:
 
 
 _ENTRIES: dict[str, Entry] = {}
-_ENTRY_MODULES: tuple[str, ...] = ()
+_ENTRY_MODULES: tuple[str, ...] = ("diffusion",)
 """Modules of this package that register entries on import (one per method family)."""
 
 
