@@ -116,6 +116,9 @@ def test_training_reports_the_base_beside_the_wrapped_policy_and_a_base_run_is_f
     result = train(cdsa, data, steps=20, seed=0, eval_every=10, eval_episodes=1, progress=False)
     base = result.companion_curves["base"]
     assert [p[0] for p in base] == [10, 20] and base == result.curve  # η = 0: the wrapped policy is the base
+    moved = algos.make("cdsa", data.spec, {**SMALL, "eta": 2.0, "kappa": 3.0}, seed=0)
+    result = train(moved, data, steps=10, seed=0, eval_every=10, eval_episodes=1, progress=False)
+    assert result.companion_curves["base"][0][2] != result.curve[0][2]  # the base is evaluated, not the wrapper
 
     run = tmp_path / "base"
     run_experiment("iql", "pendulum-medium", 0, 10, 10, 1, run, progress=False, overrides={"hidden": [32, 32]})

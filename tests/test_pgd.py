@@ -63,6 +63,10 @@ def test_encode_decode_round_trip_and_the_episode_split():
     model.fit_stats(raw)
     flat = raw.reshape(-1, 6)
     assert torch.allclose(model.mean, flat.mean(0)) and model.std[-1] == 1.0  # no terminals: std 0 → 1
+    model.fit_stats(raw[:1])  # one window: population std (1/n), as the reference's jnp.std
+    few = raw[0]
+    assert torch.allclose(model.std[:-1], ((few - few.mean(0)) ** 2).mean(0).sqrt()[:-1])
+    model.fit_stats(raw)
     assert torch.allclose(raw[..., 3], torch.atanh((data.actions[torch.as_tensor(windows)][..., 0] / 2).clamp(-0.999, 0.999)))
     out = model.decode(model.normalize(raw))
     idx = torch.as_tensor(windows[:, :-1])
@@ -71,6 +75,18 @@ def test_encode_decode_round_trip_and_the_episode_split():
     assert torch.allclose(out["actions"], data.actions[idx].clamp(-2 * 0.999, 2 * 0.999), atol=1e-4)
     assert torch.allclose(out["rewards"], data.rewards[idx], atol=1e-4)
     assert not out["terminals"].any()
+
+
+def test_decoding_thresholds_done_at_one_half_and_rescales_actions():
+    model = pgd.TrajectoryModel(1, 1, torch.tensor([-2.0]), torch.tensor([4.0]), features=16, blocks=2)
+    model.mean.copy_(torch.tensor([1.0, 0.5, -1.0, 0.2]))
+    model.std.copy_(torch.tensor([2.0, 1.5, 3.0, 0.5]))
+    raw = torch.tensor([[[3.0, 0.3, 5.0, 0.45], [1.0, -0.7, 2.0, 0.55], [0.0, 0.0, 0.0, 0.0]]])
+    out = model.decode(model.normalize(raw))
+    assert out["terminals"][0].tolist() == [False, True]
+    assert torch.allclose(out["actions"][0, :, 0], 1.0 + 3.0 * torch.tanh(torch.tensor([0.3, -0.7])))
+    assert torch.allclose(out["rewards"][0], torch.tensor([5.0, 2.0]))
+    assert torch.allclose(out["next_observations"][0, :, 0], torch.tensor([1.0, 0.0]))
 
 
 def test_guidance_weight_schedule_by_hand():
