@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from test_cli import cli
 
@@ -45,3 +46,9 @@ def test_compose_evaluates_parents_and_composition(tmp_path):
 def test_reproduce_gpc_passes_every_row():
     report = run_entry("gpc", quick=True)
     assert len(report["rows"]) == 14 and all(r["passed"] for r in report["rows"]), report
+
+
+@pytest.mark.slow
+def test_reproduce_awm_passes_every_row():
+    report = run_entry("awm", quick=True)
+    assert len(report["rows"]) == 3 and all(r["passed"] for r in report["rows"]), report
