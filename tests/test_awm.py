@@ -12,7 +12,7 @@ from helpers import pendulum_dataset
 from offline_rl import algos
 from offline_rl.reproduce.diffusion import bandit_dataset, weighted_flow_share
 
-SMALL = {"hidden": [32, 32], "flow_hidden": [32, 32], "flow_emb_dim": 16}
+SMALL = {"hidden": [32, 32], "flow_hidden": [32, 32]}
 
 
 def test_beta_zero_is_plain_flow_matching_bc():

@@ -12,7 +12,7 @@ from offline_rl import compose_policies
 from offline_rl.reproduce import run_entry
 from offline_rl.training import load_run, run_experiment
 
-TINY_AWM = {"hidden": [16, 16], "flow_hidden": [16, 16], "flow_emb_dim": 16, "flow_steps": 4}
+TINY_AWM = {"hidden": [16, 16], "flow_hidden": [16, 16], "flow_steps": 4}
 
 
 def test_compose_evaluates_parents_and_composition(tmp_path):

@@ -26,10 +26,11 @@ from offline_rl.generative import FlowPolicy, flow_matching_loss
 
 @dataclass
 class AWMConfig(IQLConfig):
-    """IQL's critic defaults (CORL) plus the flow policy: a 3×256 SiLU velocity MLP, 10 Euler steps."""
+    """IQL's critic defaults (CORL) plus the flow policy: a 3×256 SiLU velocity MLP on [a_t, t, s] (t fed as it is,
+    `flow_emb_dim = 0`; > 0 embeds it sinusoidally), 10 Euler steps."""
 
     flow_hidden: tuple[int, ...] = (256, 256, 256)
-    flow_emb_dim: int = 64
+    flow_emb_dim: int = 0
     flow_steps: int = 10
     eval_noise: str = "zero"
 

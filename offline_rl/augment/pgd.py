@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -363,6 +364,7 @@ def train_model(dataset: Dataset, cfg: PGDConfig, progress: Callable[[int, float
     model.fit_stats(raw)
     data = model.normalize(raw)
     steps = cfg.train_steps or (len(data) // cfg.diffusion_batch_size) * cfg.epochs
+    start = time.perf_counter()
     generator = torch.Generator(device=dataset.device).manual_seed(cfg.diffusion_seed)
     ema, losses = fit_edm(model.denoiser, data, steps, cfg.diffusion_batch_size, cfg.lr, 0.1, cfg.ema_decay,
                           cfg.ema_every, cfg.p_mean, cfg.p_std, generator, progress)
@@ -374,7 +376,8 @@ def train_model(dataset: Dataset, cfg: PGDConfig, progress: Callable[[int, float
             val_loss = float(torch.stack([edm_loss(model.denoiser, val[k:k + 256], cfg.p_mean, cfg.p_std,
                                                    generator=generator) for k in range(0, len(val), 256)]).mean())
     summary = {"train_windows": len(train_w), "val_windows": len(val_w), "steps": steps, "losses": losses,
-               "val_loss": val_loss, "parameters": sum(p.numel() for p in model.denoiser.parameters())}
+               "val_loss": val_loss, "parameters": sum(p.numel() for p in model.denoiser.parameters()),
+               "train_seconds": time.perf_counter() - start}
     return model, summary
 
 

