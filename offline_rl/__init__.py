@@ -25,6 +25,10 @@ def __getattr__(name: str):
         from offline_rl import training
 
         return getattr(training, name)
+    if name == "compose_policies":
+        from offline_rl.generative import compose_policies
+
+        return compose_policies
     if name in ("evaluate", "EvalResult"):
         from offline_rl import evaluation
 
@@ -33,4 +37,4 @@ def __getattr__(name: str):
 
 
 __all__ = ["ConfigError", "DatasetError", "UserError", "__version__", "load_dataset", "generate_dataset",
-           "make_algo", "list_algos", "register", "train", "evaluate"]
+           "make_algo", "list_algos", "register", "train", "evaluate", "compose_policies"]

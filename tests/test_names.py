@@ -19,7 +19,7 @@ def test_every_spelling_of_td3_bc_is_td3_bc(typed):
 def test_unknown_algorithm_names_the_closest():
     with pytest.raises(ConfigError, match=r"unknown algorithm 'td3_bcc'; did you mean 'td3_bc'"):
         algos.get("td3_bcc")
-    with pytest.raises(ConfigError, match="available: a2pr, bc"):
+    with pytest.raises(ConfigError, match="available: a2pr, awm, bc"):
         algos.get("zzzzzz")
 
 

@@ -2,7 +2,9 @@
 
 from offline_rl.algos import (  # noqa: F401  (registration side effects)
     a2pr,
+    awm,
     bc,
+    cdsa,
     gpomdp,
     harpg,
     hdpo,
@@ -11,6 +13,7 @@ from offline_rl.algos import (  # noqa: F401  (registration side effects)
     npg,
     npg_igt,
     odice,
+    pgd,
     pmoe,
     poly_ppo,
     ppo,

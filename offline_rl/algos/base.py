@@ -144,6 +144,10 @@ class Algorithm(nn.Module):
         """obs -> action, deterministic; used by evaluation and export."""
         raise NotImplementedError
 
+    def companion_policies(self) -> dict[str, nn.Module]:
+        """Policies the trainer evaluates beside `policy()` at every evaluation, by label (CDSA: its base policy)."""
+        return {}
+
     def add_optimizer(self, name: str, params: Any, lr: float, **kwargs: Any) -> torch.optim.Adam:
         """Register an Adam optimiser under `name` (fused kernel: ~20% faster per step on CPU, same update;
         capturable on CUDA, so that the step can be replayed from a CUDA graph)."""

@@ -114,20 +114,24 @@ class IQL(Algorithm):
         return PhaseResult(q_loss, {"q_loss": q_loss.detach()})
 
     def policy_phase(self, ctx: dict[str, Any]) -> PhaseResult:
-        """π: advantage-weighted regression on the (normalised) dataset action."""
-        c, obs = self.config, ctx["obs"]
-        weights = awr_weights(ctx["advantage"], c.beta, c.max_weight)
-        actions = ctx["batch"].actions / self.actor.max_action
-        if c.deterministic_actor:
-            bc_loss = (self.actor(obs) / self.actor.max_action - actions).pow(2).sum(-1)
-        else:
-            bc_loss = -self.actor.dist(obs).log_prob(actions).sum(-1)
-        actor_loss = (weights * bc_loss).mean()
+        """π: advantage-weighted regression on the dataset action (`actor_loss`)."""
+        weights = awr_weights(ctx["advantage"], self.config.beta, self.config.max_weight)
+        actor_loss = self.actor_loss(ctx["obs"], ctx["batch"].actions, weights)
         return PhaseResult(actor_loss, {"actor_loss": actor_loss.detach()})
 
     def step_schedule(self) -> None:
         if "actor" in self.schedulers:
             self.schedulers["actor"].step()
+
+    def actor_loss(self, obs: torch.Tensor, actions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """AWR on normalised actions: mean(w · −log π(a | s)), or with `deterministic_actor` mean(w · ‖π(s) − a‖²)
+        (AWM swaps in a flow-matching loss)."""
+        actions = actions / self.actor.max_action
+        if self.config.deterministic_actor:
+            bc_loss = (self.actor(obs) / self.actor.max_action - actions).pow(2).sum(-1)
+        else:
+            bc_loss = -self.actor.dist(obs).log_prob(actions).sum(-1)
+        return (weights * bc_loss).mean()
 
     def policy(self) -> nn.Module:
         return PolicyWithNormalizer(self.normalizer, self.actor)

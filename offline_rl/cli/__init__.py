@@ -200,6 +200,8 @@ def train(
         typer.echo(f"{result['status']}: seed {result['seed']}, last score {_fmt(result['final_score'])} (return "
                    f"{_fmt(result['final_return'])}), best {_fmt(result['best_score'])}, "
                    f"{result['updates_per_s']:.0f} updates/s -> {folder / 'result.json'}")
+        for label, curve in result.get("companion_curves", {}).items():
+            typer.echo(f"  {label} policy: last score {_fmt(curve[-1][1])} (return {_fmt(curve[-1][2])})")
     if any(r["status"] == "diverged" for r in results):
         raise typer.Exit(1)
 
@@ -331,6 +333,11 @@ def reproduce(
 from offline_rl.cli.export import export  # noqa: E402  (its heavy imports stay lazy inside)
 
 app.command("export")(export)
+from offline_rl.cli.diffusion import augment_app  # noqa: E402  (augment pgd and compose: docs/diffusion.md)
+from offline_rl.cli.diffusion import compose as _compose  # noqa: E402
+
+app.add_typer(augment_app, name="augment")
+app.command("compose")(_compose)
 
 
 def _fmt(x: float | None) -> str:

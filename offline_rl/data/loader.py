@@ -22,7 +22,8 @@ def load_dataset(source: str | os.PathLike, device: str | torch.device = "cpu", 
     `source` is one of: a card name (`pendulum-medium`, or `hopper-medium@20k` / `hopper-medium@20000,seed=1` for
     another size or seed; generated into `$OFFLINE_RL_HOME/minari` on first use), `d4rl:<name>` (from
     `$D4RL_DATASET_DIR`, downloaded when missing), a path to a D4RL `.hdf5` file, `minari:<dataset_id>`, or a path
-    to a local Minari dataset folder.
+    to a local Minari dataset folder, or the name of a dataset the toolkit wrote under `$OFFLINE_RL_HOME/datasets/`
+    (e.g. by `augment pgd`).
 
     D4RL files follow `d4rl.qlearning_dataset`: timeout rows are dropped and the bootstrap mask is `terminals`;
     `keep_timeouts=True` keeps them (marked in `timeouts`), `use_next_observations=True` takes the file's
@@ -60,6 +61,9 @@ def load_dataset(source: str | os.PathLike, device: str | torch.device = "cpu", 
         return d4rl.read_d4rl(path, **d4rl_options)
     if path.is_dir():
         return minari_io.load_minari_dir(path, device=device)
+    named = minari_io.named_dataset_dir(src)
+    if named is not None:
+        return minari_io.read_minari(minari_io.open_dir(named), src, source=src, device=device)
     cards = sorted(load_cards())
     raise DatasetError(f"unknown dataset '{src}'{did_you_mean(src.partition('@')[0], cards)}: not a card name "
                        f"(available: {', '.join(cards) or 'none'}), an existing .hdf5 file or Minari folder, "

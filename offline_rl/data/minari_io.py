@@ -37,6 +37,18 @@ def cache_root() -> Path:
     return home() / "minari"
 
 
+def named_datasets_root() -> Path:
+    """Where datasets made by the toolkit under a user's name live (`offline-rl augment pgd --out NAME`):
+    `$OFFLINE_RL_HOME/datasets/<NAME>`, each a Minari dataset folder; `load_dataset(NAME)` finds them."""
+    return home() / "datasets"
+
+
+def named_dataset_dir(name: str) -> Path | None:
+    """The folder of the named dataset `name`, or None when there is none."""
+    path = named_datasets_root() / name
+    return path if "/" not in name and (path / "data" / "metadata.json").is_file() else None
+
+
 REMOTE_HOST = ("huggingface.co", 443)
 """Where Minari's remote datasets live (`farama-minari/*` on the Hugging Face hub)."""
 _READ_ERRORS = (ValueError, KeyError, AssertionError, OSError, TypeError, RuntimeError)

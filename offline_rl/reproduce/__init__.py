@@ -47,7 +47,7 @@ class Entry:
 
 
 _ENTRIES: dict[str, Entry] = {}
-_ENTRY_MODULES: tuple[str, ...] = ("inventory", "hybrid", "offline", "groove", "onpolicy")
+_ENTRY_MODULES: tuple[str, ...] = ("inventory", "hybrid", "offline", "groove", "onpolicy", "diffusion")
 """Modules of this package that register entries on import (one per method family)."""
 
 

@@ -77,6 +77,8 @@ class RunResult:
     fingerprint: str | None = None
     step: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
+    companion_curves: dict[str, list[list[float | None]]] = field(default_factory=dict)
+    """[[step, normalized_score, return]...] per label of `Algorithm.companion_policies` (CDSA: "base")."""
     score_labels: dict[str, str] = field(default_factory=lambda: {
         "final_score": "last: the final evaluation's normalised score",
         "best_score": "best: the maximum normalised score over all evaluations"})
@@ -242,6 +244,7 @@ def restore_checkpoint(path: Path, algo: Algorithm, generator: torch.Generator, 
         set_rng_state(state["rng"])
         generator.set_state(state["sampler_rng"])
         result.curve = state["curve"]
+        result.companion_curves = state.get("companion_curves", {})
         for key in ("step", "elapsed", "train_time"):
             state[key]  # noqa: B018 - present in every checkpoint of this run
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
@@ -275,12 +278,17 @@ def sync_point(result: RunResult, algo: Algorithm, metrics: dict[str, torch.Tens
         ev = evaluate(algo.policy(), env_id, eval_episodes, seed + EVAL_SEED_OFFSET, ref_min_score, ref_max_score)
         result.curve.append([step, ev.normalized_score, ev.mean_return])
         logger.scalars("eval", {"return": ev.mean_return, "normalized_score": ev.normalized_score}, step)
+        for label, companion in algo.companion_policies().items():
+            ev = evaluate(companion, env_id, eval_episodes, seed + EVAL_SEED_OFFSET, ref_min_score, ref_max_score)
+            result.companion_curves.setdefault(label, []).append([step, ev.normalized_score, ev.mean_return])
+            logger.scalars(f"eval_{label}", {"return": ev.mean_return, "normalized_score": ev.normalized_score}, step)
     _summarise(result, train_time, n_updates)
     reporter.update(step, result.updates_per_s, result.final_score, result.final_return, values)
     if is_ckpt and out is not None:
         save_checkpoint(out / CHECKPOINT, {
             "algo": algo.state_dict(), "rng": rng_state(), "sampler_rng": generator.get_state(), "step": step,
             "elapsed": time.perf_counter() - t0, "train_time": train_time, "curve": result.curve,
+            "companion_curves": result.companion_curves,
             **(extra_state() if extra_state is not None else {})})
     return True
 
