@@ -20,7 +20,7 @@ from offline_rl.data import load_dataset
 from offline_rl.data.dataset import Batch
 from offline_rl.training.seeds import SeedBatch, fresh_instances
 
-WIDTHS = {"256": [256, 256], "64": [64, 64]}
+WIDTHS = {"256": [256, 256], "128": [128, 128], "64": [64, 64]}
 HIDDEN_KEYS = {"td3_bc": ("actor_hidden", "critic_hidden"), "prdc": ("actor_hidden", "critic_hidden"),
                "iql": ("hidden",), "bc": ("hidden",),
                "a2pr": ("actor_hidden", "critic_hidden", "value_hidden", "vae_hidden"),

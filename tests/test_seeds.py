@@ -188,3 +188,27 @@ def test_the_python_api_takes_seeds(tmp_path, data):
     alone7 = orl.train(orl.make_algo("bc", data.spec, SMALL["bc"], dataset=data), data, steps=50, seed=7,
                        eval_every=50, eval_episodes=1)
     assert alone7.curve[0][2] == pytest.approx(results[1].curve[0][2], rel=1e-4)
+
+
+@pytest.mark.parametrize("name", ["td3_bc", "prdc", "a2pr"])
+def test_the_loop_mode_is_bit_equal_to_single_seed_runs(name, data, tmp_path):
+    """`mode="loop"` (chosen on a CPU for wide networks) updates plain instances, each on its own noise stream: the
+    checkpoints equal those of the seeds trained alone, bit for bit."""
+    make = maker(name, data, batch_size=64)
+    train_seeds(make, data, 40, [0, 1], eval_every=0, eval_episodes=0, out_dir=tmp_path / "loop", mode="loop")
+    for seed in (0, 1):
+        seed_everything(seed)
+        train(make(), data, 40, seed, eval_every=0, eval_episodes=0, out_dir=tmp_path / f"alone{seed}")
+        batched = torch.load(tmp_path / f"loop/seed{seed}/checkpoint.pt", weights_only=False)["algo"]["modules"]
+        single = torch.load(tmp_path / f"alone{seed}/checkpoint.pt", weights_only=False)["algo"]["modules"]
+        assert all(torch.equal(batched[k], v) for k, v in single.items()), (name, seed)
+
+
+def test_the_mode_is_chosen_by_size_on_a_cpu(data):
+    from offline_rl.training.seeds import VECTORISE_CPU_PARAMS, choose_mode
+
+    small, wide = maker("td3_bc", data)(), algos.make("td3_bc", data.spec, {})
+    assert sum(p.numel() for p in small.parameters() if p.requires_grad) <= VECTORISE_CPU_PARAMS
+    assert (choose_mode(small), choose_mode(wide), choose_mode(wide, "vmap")) == ("vmap", "loop", "vmap")
+    with pytest.raises(Exception, match="seed mode must be"):
+        choose_mode(small, "threads")

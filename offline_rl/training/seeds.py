@@ -138,6 +138,13 @@ class SeedBatch:
             metrics.update(out.get("metrics", {}))
         return metrics
 
+    def update_seeds(self, samples: list[Batch], noise: list[torch.Generator], step: int) -> dict[str, torch.Tensor]:
+        """One update of every seed from its own batch and noise stream (`update` on their stacks)."""
+        stacked = Batch(*(torch.stack(parts) for parts in zip(*samples, strict=True)))
+        shapes = self.carrier.noise_shapes(len(samples[0].rewards), step)
+        draws = [{k: torch.randn(shape, generator=g, device=g.device) for k, shape in shapes.items()} for g in noise]
+        return self.update(stacked, {k: torch.stack([d[k] for d in draws]) for k in shapes}, step)
+
     def seed_state(self, i: int) -> dict[str, Any]:
         """Seed i's part of the batch, as the state_dict of a single instance."""
         state = self.carrier.state_dict()
@@ -166,6 +173,48 @@ def _stack_optimizer_states(states: list[dict[str, Any]]) -> dict[str, Any]:
         stacked[index] = {k: torch.stack([st["state"][index][k] for st in states]) if v.dim() > 0 else v
                           for k, v in entry.items()}
     return {"state": stacked, "param_groups": copy.deepcopy(states[0]["param_groups"])}
+
+
+class SeedLoop:
+    """The same seeds updated one after the other, each a plain single-seed instance, each drawing its noise from its
+    own stream (torch's generator is set to the seed's stream for its update): bit-equal to single-seed runs, and
+    the faster way on a CPU once the networks are wide (the batched matmuls of vmap lose to plain ones)."""
+
+    def __init__(self, algos: list[Algorithm]) -> None:
+        self.algos = algos
+
+    def update_seeds(self, samples: list[Batch], noise: list[torch.Generator], step: int) -> dict[str, torch.Tensor]:
+        outs = []
+        for algo, batch, g in zip(self.algos, samples, noise, strict=True):
+            get, put = (torch.get_rng_state, torch.set_rng_state) if g.device.type == "cpu" else \
+                (torch.cuda.get_rng_state, torch.cuda.set_rng_state)
+            saved = get()
+            put(g.get_state())
+            outs.append(algo.update(batch, step))
+            g.set_state(get())
+            put(saved)
+        return {k: torch.stack([o[k].detach().reshape(()) for o in outs]) for k in outs[0]}
+
+
+VECTORISE_CPU_PARAMS = 32_768
+"""On a CPU, seeds train vectorised (`SeedBatch`) when each has at most this many trainable parameters, else one
+after the other (`SeedLoop`): `benchmarks/seed_speed.py`, 5 seeds, one thread, gave vectorised/sequential 1.25x
+(TD3+BC) and 1.49x (IQL) at 64-64 networks, 0.97x / 1.05x at 128-128 and 0.79x / 0.95x at 256-256. On CUDA they
+always train vectorised."""
+
+
+def choose_mode(algo: Algorithm, mode: str = "auto") -> str:
+    """"vmap" or "loop" for `algo`'s seeds; "auto" picks by device and size (VECTORISE_CPU_PARAMS)."""
+    if mode not in ("auto", "vmap", "loop"):
+        from offline_rl.errors import ConfigError
+
+        raise ConfigError(f"seed mode must be auto, vmap or loop, got '{mode}'")
+    if mode != "auto":
+        return mode
+    if algo.device.type != "cpu":
+        return "vmap"
+    trainable = sum(p.numel() for p in algo.parameters() if p.requires_grad)
+    return "vmap" if trainable <= VECTORISE_CPU_PARAMS else "loop"
 
 
 class _SeedRun:
@@ -203,10 +252,12 @@ def fresh_instances(make: Callable[[], Algorithm], seeds: list[int]) -> tuple[li
 def train_seeds(make: Callable[[], Algorithm], dataset: Dataset, steps: int, seeds: list[int],
                 eval_every: int = 5000, eval_episodes: int = 10, out_dir: str | Path | None = None,
                 resume: bool = False, overwrite: bool = False, ckpt_every: int | None = None,
-                log_every: int = 1000, progress: bool | None = None) -> list[RunResult]:
+                log_every: int = 1000, progress: bool | None = None, mode: str = "auto") -> list[RunResult]:
     """Train `make()` (a fresh instance of the algorithm) once per seed, all seeds at once; returns the records
     in the order of `seeds`. With `out_dir`, seed S writes `out_dir/seed<S>/` as `train` would (the same
-    fingerprint, so a seed folder can be resumed or evaluated alone; finished seeds are kept with `resume`)."""
+    fingerprint, so a seed folder can be resumed or evaluated alone; finished seeds are kept with `resume`).
+    `mode`: "vmap" (`SeedBatch`), "loop" (`SeedLoop`) or "auto" (`choose_mode`); the results do not depend on it
+    beyond float rounding."""
     if len(set(seeds)) != len(seeds) or not seeds:
         raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
     for seed in seeds:
@@ -236,7 +287,7 @@ def train_seeds(make: Callable[[], Algorithm], dataset: Dataset, steps: int, see
         todo = [s for s in seeds if s not in results]
         if todo:
             results.update(_train_batch(make, dataset, steps, todo, plans, eval_every, eval_episodes, out,
-                                        ckpt_every, log_every, progress))
+                                        ckpt_every, log_every, progress, mode))
     return [results[s] for s in seeds]
 
 
@@ -247,19 +298,19 @@ def _seeded(make: Callable[[], Algorithm], seed: int) -> Algorithm:
 
 def _train_batch(make: Callable[[], Algorithm], dataset: Dataset, steps: int, seeds: list[int],
                  plans: dict[int, tuple[str, str | None]], eval_every: int, eval_episodes: int, out: Path | None,
-                 ckpt_every: int | None, log_every: int, progress: bool | None) -> dict[int, RunResult]:
+                 ckpt_every: int | None, log_every: int, progress: bool | None, mode: str) -> dict[int, RunResult]:
     algos, noise_states = fresh_instances(make, seeds)
-    shells = [make() for _ in seeds]  # single-seed holders for evaluation and checkpoints
-    device = algos[0].device
-    dataset = dataset.to(device)
     first = algos[0]
+    mode = choose_mode(first, mode)
+    device = first.device
+    dataset = dataset.to(device)
     batch_size = getattr(first.config, "batch_size", 256)
     eval_every = eval_every if eval_episodes else 0
     ckpt_every = ckpt_every or eval_every or steps
     summary = dataset.summary()
     runs: list[_SeedRun] = []
-    for seed, shell, noise_state in zip(seeds, shells, noise_states, strict=True):
-        shell.configure_schedule(steps)
+    for seed, algo, noise_state in zip(seeds, algos, noise_states, strict=True):
+        algo.configure_schedule(steps)
         noise = torch.Generator(device=device)
         if device.type == "cpu":
             noise.set_state(noise_state)
@@ -269,20 +320,24 @@ def _train_batch(make: Callable[[], Algorithm], dataset: Dataset, steps: int, se
                            dataset_label=dataset.label, behavior_score=summary["normalized_return_mean"], seed=seed,
                            steps=steps, eval_every=eval_every, eval_episodes=eval_episodes,
                            config=_config_dict(first.config), device=str(device), fingerprint=plans[seed][1])
+        # vmap: a single-seed holder of the seed's state at sync points; loop: the instance itself
+        shell = algo if mode == "loop" else make()
+        shell.configure_schedule(steps)
         runs.append(_SeedRun(seed, None if out is None else out / f"seed{seed}", shell, result,
                              torch.Generator(device=device).manual_seed(seed), noise))
-    for algo in algos:
-        algo.configure_schedule(steps)
-    first.prepare(dataset)  # statistics, reward scale, search index: the same for every seed
-    for algo in algos[1:]:
-        for name, buf in first.named_buffers():
-            dict(algo.named_buffers())[name].copy_(buf)
+    if mode == "loop":
+        for algo in algos:
+            algo.prepare(dataset)
+    else:
+        first.prepare(dataset)  # statistics, reward scale, search index: the same for every seed
+        for algo in algos[1:]:
+            for name, buf in first.named_buffers():
+                dict(algo.named_buffers())[name].copy_(buf)
     start, elapsed, train_time = 0, 0.0, 0.0
-    resumed = [r for r in runs if plans[r.seed][0] == "resume"]
-    if resumed:
+    if any(plans[r.seed][0] == "resume" for r in runs):
         start, elapsed, train_time = _restore(runs, algos, plans)
-    batch = SeedBatch(algos, steps)
-    reporter = ProgressReporter(steps, start, enabled=progress, label=f"train {len(seeds)} seeds")
+    batch: SeedBatch | SeedLoop = SeedLoop(algos) if mode == "loop" else SeedBatch(algos, steps)
+    reporter = ProgressReporter(steps, start, enabled=progress, label=f"train {len(seeds)} seeds ({mode})")
     quiet = ProgressReporter(steps, start, enabled=False)
     t0 = time.perf_counter() - elapsed
     timing = [train_time]
@@ -293,10 +348,8 @@ def _train_batch(make: Callable[[], Algorithm], dataset: Dataset, steps: int, se
         t_train = time.perf_counter()
         for step in range(start + 1, steps + 1):
             live = [r for r in runs if r.alive]
-            samples = [dataset.sample(batch_size, r.sampler) for r in live]
-            stacked = Batch(*(torch.stack(parts) for parts in zip(*samples, strict=True)))
-            noise = _noise(batch.carrier.noise_shapes(batch_size, step), live, device)
-            metrics = batch.update(stacked, noise, step)
+            metrics = batch.update_seeds([dataset.sample(batch_size, r.sampler) for r in live],
+                                         [r.noise for r in live], step)
             is_eval = bool(eval_every) and (step % eval_every == 0 or step == steps)
             is_ckpt = step % ckpt_every == 0 or step == steps
             if step % log_every and not is_eval and not is_ckpt:
@@ -304,7 +357,8 @@ def _train_batch(make: Callable[[], Algorithm], dataset: Dataset, steps: int, se
             timing[0] += time.perf_counter() - t_train
             diverged = False
             for i, run in enumerate(live):
-                run.shell.load_state_dict(batch.seed_state(i))
+                if isinstance(batch, SeedBatch):
+                    run.shell.load_state_dict(batch.seed_state(i))
                 ok = sync_point(run.result, run.shell, {k: v[i] for k, v in metrics.items()}, step, step, timing[0],
                                 dataset.env_id, is_eval, is_ckpt, eval_episodes, run.seed, dataset.ref_min_score,
                                 dataset.ref_max_score, run.logger, quiet, run.out, run.sampler, t0,
@@ -315,17 +369,13 @@ def _train_batch(make: Callable[[], Algorithm], dataset: Dataset, steps: int, se
             reporter.update(step, head.updates_per_s, head.final_score, head.final_return, {})
             if not any(r.alive for r in runs):
                 break
-            if diverged:  # rebuild the batch from the seeds still alive, at their current state
-                batch = _restack(make, [r for r in runs if r.alive], steps, dataset)
+            if diverged:  # go on with the seeds still alive, at their current state
+                alive = [r for r in runs if r.alive]
+                batch = SeedLoop([r.shell for r in alive]) if isinstance(batch, SeedLoop) else \
+                    _restack(make, alive, steps, dataset)
             t_train = time.perf_counter()
     reporter.close()
     return {r.seed: r.result for r in runs}
-
-
-def _noise(shapes: dict[str, tuple[int, ...]], live: list[_SeedRun], device: torch.device) -> dict[str, torch.Tensor]:
-    """Each seed's draws from its own stream, in the order a single-seed update takes them."""
-    per_seed = [{k: torch.randn(shape, generator=r.noise, device=device) for k, shape in shapes.items()} for r in live]
-    return {k: torch.stack([d[k] for d in per_seed]) for k in shapes}
 
 
 def _restore(runs: list[_SeedRun], algos: list[Algorithm], plans: dict[int, tuple[str, str | None]]
