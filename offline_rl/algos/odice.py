@@ -145,18 +145,23 @@ class ODICE(Algorithm):
             target_v = self.values(self.vf_target, obs).min(0).values
             target_v_next = self.values(self.vf_target, next_obs).min(0).values
 
-        def losses(params: dict[str, torch.Tensor]) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-            v = functional_call(self.vf, params, (obs,)).squeeze(-1)
-            v_next = functional_call(self.vf, params, (next_obs,)).squeeze(-1)
+        def terms(v: torch.Tensor, v_next: torch.Tensor) -> tuple[torch.Tensor, ...]:
             residual = rewards + disc * target_v_next - v  # forward: through −V(s)
             backward_residual = rewards + disc * v_next - target_v  # backward: through γV(s′)
-            terms = ((1 - lam) * v).mean(), (lam * f_star(residual)).mean(), (lam * c.eta * f_star(backward_residual)).mean()
-            return terms, (v.detach(), residual.detach())
+            return ((1 - lam) * v).mean(), (lam * f_star(residual)).mean(), \
+                (lam * c.eta * f_star(backward_residual)).mean()
 
         params = dict(self.vf.named_parameters())
-        terms, pullback, (v, residual) = torch.func.vjp(losses, params, has_aux=True)
-        g_v, g_f, g_b = (_flat(pullback(_one_hot(terms, i))[0]) for i in range(3))
+        v, pullback_s = torch.func.vjp(lambda p: functional_call(self.vf, p, (obs,)).squeeze(-1), params)
+        v_next, pullback_next = torch.func.vjp(lambda p: functional_call(self.vf, p, (next_obs,)).squeeze(-1), params)
+        term_values, term_pullback = torch.func.vjp(terms, v, v_next)
+        # ∂term_i/∂V(s) and ∂term_i/∂V(s′) of the three terms at once, then each term back through the network
+        # from the one output it depends on (V(s) for the first two, V(s′) for the third), no pass through zeros
+        d_v, d_v_next = torch.func.vmap(term_pullback)(tuple(torch.eye(3, dtype=v.dtype, device=v.device)))
+        g_v, g_f = (_flat(pullback_s(d_v[i])[0]) for i in range(2))
+        g_b = _flat(pullback_next(d_v_next[2])[0])
         g = g_v + orthogonal_combination(g_f, g_b)  # ∇(1 − λ)·mean V(s) plus the projected residual gradient
+        v, residual = v.detach(), (rewards + disc * target_v_next - v).detach()
         grads, offset = {}, 0
         for name, p in params.items():
             grads[f"vf.{name}"] = g[offset:offset + p.numel()].view_as(p).detach()
@@ -189,8 +194,3 @@ class ODICE(Algorithm):
 
 def _flat(grads: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([g.reshape(-1) for g in grads.values()])
-
-
-def _one_hot(terms: tuple[torch.Tensor, ...], i: int) -> tuple[torch.Tensor, ...]:
-    """The cotangent that pulls back the i-th of `terms` alone."""
-    return tuple(torch.ones_like(t) if j == i else torch.zeros_like(t) for j, t in enumerate(terms))
