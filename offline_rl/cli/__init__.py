@@ -253,7 +253,9 @@ def evaluate(
 def benchmark(
     suite: Annotated[str, typer.Argument(help="Suite name in benchmarks/ or a path to a suite TOML.")] = "quick",
     runner: Annotated[str, typer.Option(help="local | ray.")] = "local",
-    workers: Annotated[int, typer.Option(help="Parallel runs (processes for local, tasks for ray).")] = 1,
+    workers: Annotated[int | None, typer.Option(
+        help="Parallel runs: processes for local (default: one per CPU core this process may use), "
+             "tasks for ray (default 1).")] = None,
     out: Annotated[Path | None, typer.Option(help="Results folder (default: results/<suite>).")] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (ray runner only).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace runs whose folders hold another configuration.")]
@@ -267,6 +269,9 @@ def benchmark(
     if runner not in ("local", "ray"):
         raise UserError(f"--runner must be local or ray, got '{runner}'")
     _check_positive("workers", workers)
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if runner == "local" and hasattr(os, "sched_getaffinity") else \
+            (os.cpu_count() or 1) if runner == "local" else 1
     spec = load_suite(suite)
     out = out or Path("results") / spec.name
     failures = run_suite(spec, out, runner=runner, workers=workers, address=address, overwrite=overwrite)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.utils._pytree
 from torch import nn
-from torch.func import functional_call, vmap
+from torch.func import vmap
 
 from offline_rl.algos.base import Algorithm, Phase
 from offline_rl.data.dataset import Batch, Dataset
@@ -43,18 +43,6 @@ from offline_rl.training.trainer import (
     train,
 )
 from offline_rl.utils.progress import ProgressReporter
-
-
-class _PhaseCall(nn.Module):
-    """Runs a phase of `algo` inside `functional_call`, so that the phase sees one seed's parameters."""
-
-    def __init__(self, algo: Algorithm) -> None:
-        super().__init__()
-        self.algo = algo
-
-    def forward(self, fn: Callable[[dict[str, Any]], Any], ctx: dict[str, Any]) -> dict[str, Any]:
-        result = fn(ctx)
-        return {k: v for k, v in result._asdict().items() if v is not None}
 
 
 def _owner(module: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -99,14 +87,28 @@ class SeedBatch:
             if key in schedules:
                 sched.load_state_dict(schedules[key])
         self.carrier = carrier
-        self.call = _PhaseCall(carrier)
         self.randomness = getattr(carrier, "vmap_randomness", "error")
         self.params = dict(carrier.named_parameters())
-        self.tensors = {f"algo.{k}": v for k, v in [*carrier.named_parameters(), *carrier.named_buffers()]}
+        self.tensors = {k: v for k, v in [*carrier.named_parameters(), *carrier.named_buffers()]}
+        # Every slot that holds one of these tensors (a tensor tied into two modules has two): a phase runs with
+        # one seed's slices put straight into the slots, as functional_call does but without its per-call walk
+        # of the module tree (the walk, not the maths, is most of an update's time with small networks).
+        key_of = {id(t): k for k, t in self.tensors.items()}
+        self.slots = [(store, leaf, key_of[id(t)]) for module in carrier.modules()
+                      for store in (module._parameters, module._buffers)
+                      for leaf, t in store.items() if t is not None and id(t) in key_of]
 
     def _vmapped(self, phase: Phase, ctx: dict[str, Any]) -> dict[str, Any]:
         def one_seed(state: dict[str, torch.Tensor], seed_ctx: dict[str, Any]) -> dict[str, Any]:
-            return functional_call(self.call, state, (phase.fn, seed_ctx), strict=False)
+            held = [store[leaf] for store, leaf, _ in self.slots]
+            for store, leaf, key in self.slots:
+                store[leaf] = state[key]
+            try:
+                result = phase.fn(seed_ctx)
+            finally:
+                for (store, leaf, _), tensor in zip(self.slots, held, strict=True):
+                    store[leaf] = tensor
+            return {k: v for k, v in result._asdict().items() if v is not None}
 
         return vmap(one_seed, randomness=self.randomness)(self.tensors, ctx)
 
