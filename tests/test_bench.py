@@ -7,6 +7,7 @@ import base64
 import csv
 import dataclasses
 import io
+import json
 import logging
 import os
 import re
@@ -389,6 +390,18 @@ def test_plot_curves_and_write_leaderboard(tmp_path):
     assert (tmp_path / "board.csv").read_text() == text and text.startswith("label,dataset,algo")
     with pytest.raises(UserError, match="unknown leaderboard format"):
         write_leaderboard(tmp_path / "res", "pdf")
+    assert "Suite " not in write_leaderboard(tmp_path / "res", "md")  # no suite.json: no suite line
+
+
+def test_leaderboard_heading_says_what_the_suite_ran(tmp_path):
+    """A benchmark's results folder holds suite.json: its name and description (cheaper settings included) head the
+    Markdown and HTML leaderboards, before the explanation."""
+    write_results(tmp_path)
+    (tmp_path / "suite.json").write_text(json.dumps({"name": "quick", "description": "3 seeds, 64-64 networks"}))
+    md = write_leaderboard(tmp_path, "md")
+    assert md.split("\n")[2] == "Suite quick: 3 seeds, 64-64 networks."
+    assert "<p>Suite quick: 3 seeds, 64-64 networks.</p>" in write_leaderboard(tmp_path, "html")
+    assert write_leaderboard(tmp_path, "csv") == to_csv(aggregate(collect(tmp_path)))
 
 
 def test_corrupt_results_are_skipped_with_a_warning(tmp_path, caplog):

@@ -245,10 +245,11 @@ def _tables(rows: list[dict]) -> list[_Table]:
     return tables
 
 
-def to_markdown(rows: list[dict]) -> str:
-    """The leaderboard as Markdown: an explanation, then one table per reference label."""
+def to_markdown(rows: list[dict], preamble: tuple[str, ...] = ()) -> str:
+    """The leaderboard as Markdown: `preamble` (e.g. the suite's description), an explanation, then one table per
+    reference label."""
     out = ["# offline-rl leaderboard", ""]
-    for paragraph in INTRO:
+    for paragraph in (*preamble, *INTRO):
         out += [paragraph, ""]
     if not rows:
         out.append("No finished runs.")
@@ -272,13 +273,13 @@ def to_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def to_html(rows: list[dict], records: list[dict]) -> str:
+def to_html(rows: list[dict], records: list[dict], preamble: tuple[str, ...] = ()) -> str:
     """A self-contained HTML page: the tables, then one learning-curve plot per dataset (base64 PNG)."""
     e = html.escape
     parts = ["<!DOCTYPE html>", "<html><head><meta charset=\"utf-8\"><title>offline-rl leaderboard</title>",
              "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:4px 8px}td{text-align:right}td:first-child{text-align:left}"
-             "</style></head><body>", "<h1>offline-rl leaderboard</h1>", *(f"<p>{e(p)}</p>" for p in INTRO)]
+             "</style></head><body>", "<h1>offline-rl leaderboard</h1>", *(f"<p>{e(p)}</p>" for p in (*preamble, *INTRO))]
     for table in _tables(rows):
         parts += [f"<h2>Reference scores: {e(table.label)}</h2>", *(f"<p>{e(n)}</p>" for n in table.notes),
                   "<table>", "<tr>" + "".join(f"<th>{e(h)}</th>" for h in table.header) + "</tr>"]
@@ -370,7 +371,21 @@ def write_leaderboard(results_dir: str | os.PathLike, fmt: str = "md",
     rows = aggregate(records)
     if not rows:
         raise UserError(f"no finished runs under {results_dir} (all {len(records)} results are unfinished)")
-    text = to_html(rows, records) if fmt == "html" else {"md": to_markdown, "csv": to_csv}[fmt](rows)
+    preamble = _suite_preamble(Path(results_dir))
+    text = to_html(rows, records, preamble) if fmt == "html" else to_markdown(rows, preamble) if fmt == "md" \
+        else to_csv(rows)
     if out is not None:
         atomic_write_text(out, text)
     return text
+
+
+def _suite_preamble(results_dir: Path) -> tuple[str, ...]:
+    """"Suite NAME: DESCRIPTION" when `results_dir` holds a benchmark's `suite.json` (what the runs were, cheaper
+    settings included), else nothing."""
+    try:
+        suite = read_json(results_dir / "suite.json")
+    except (OSError, ValueError):
+        return ()
+    if not isinstance(suite, dict) or not suite.get("name"):
+        return ()
+    return (f"Suite {suite['name']}" + (f": {suite['description']}." if suite.get("description") else "."),)
