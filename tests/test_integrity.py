@@ -19,8 +19,11 @@ import torch
 from helpers import install_plugin
 from test_cli import PROGRESS, ROOT, assert_user_error, cli
 
+from offline_rl import algos
 from offline_rl.bench import load_suite, run_suite
+from offline_rl.data import load_dataset
 from offline_rl.errors import ConfigError
+from offline_rl.training import train as train_api
 from offline_rl.utils.io import atomic_write_json, atomic_write_text, read_json
 
 TINY = ["--dataset", "pendulum-medium", "--steps", "60", "--eval-every", "30", "--eval-episodes", "1",
@@ -277,6 +280,19 @@ def test_bad_data_files_exit_2(tmp_path, monkeypatch):
     ok = _d4rl_file(tmp_path / "ok.hdf5", 20)
     assert_user_error(main_in_process("train", "--algo", "bc", "--dataset", str(ok), "--steps", "5", "--out",
                                       str(tmp_path / "r")), "names no env to evaluate on", "--env")
+    # no evaluation asked for: a dataset without an env trains (CLI --eval-episodes 0; API eval_every=0, which
+    # the loop reads as "never", or eval_episodes=0)
+    out = tmp_path / "no-eval"
+    assert main_in_process("train", "--algo", "bc", "--dataset", str(ok), "--steps", "5", "--eval-episodes", "0",
+                           "--out", str(out)).returncode == 0
+    record = json.loads((out / "result.json").read_text())
+    assert (record["status"], record["step"], record["curve"]) == ("completed", 5, [])
+    data = load_dataset(str(ok))
+    for kwargs in ({"eval_every": 0}, {"eval_episodes": 0}):
+        result = train_api(algos.make("bc", data.spec), data, steps=5, progress=False, **kwargs)
+        assert (result.status, result.step, result.curve) == ("completed", 5, [])
+    seeds = train_api(algos.make("bc", data.spec), data, steps=5, eval_every=0, seeds=[0, 1], progress=False)
+    assert [(r.status, r.step, r.curve) for r in seeds] == [("completed", 5, [])] * 2
 
 
 def test_truncated_minari_data_names_the_file_to_delete(tmp_path):

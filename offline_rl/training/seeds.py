@@ -264,7 +264,7 @@ def train_seeds(make: Callable[[], Algorithm], dataset: Dataset, steps: int, see
         raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
     for seed in seeds:
         check_budget(steps, seed, eval_every, eval_episodes)
-    if eval_episodes and dataset.env_id is None:
+    if eval_every and eval_episodes and dataset.env_id is None:
         from offline_rl.errors import UserError
 
         raise UserError(f"{dataset.source or dataset.name}: the dataset names no env to evaluate on; give one "

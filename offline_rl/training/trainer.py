@@ -127,7 +127,7 @@ def train(algo: Algorithm, dataset: Dataset, steps: int, seed: int = 0, eval_eve
                            list(seeds), eval_every, eval_episodes, out_dir, resume, overwrite, ckpt_every, log_every,
                            progress)
     check_budget(steps, seed, eval_every, eval_episodes)
-    if eval_episodes and dataset.env_id is None:
+    if eval_every and eval_episodes and dataset.env_id is None:
         raise UserError(f"{dataset.source or dataset.name}: the dataset names no env to evaluate on; give one "
                         "(--env ENV_ID for a D4RL-format file) or train without evaluation (--eval-episodes 0)")
     if out_dir is None:
