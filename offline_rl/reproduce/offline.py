@@ -55,7 +55,7 @@ def prdc(quick: bool) -> list[Row]:
     batch = algo.normalize(data.sample(256 if quick else 2048, torch.Generator().manual_seed(1)))
     with torch.no_grad():
         pi = algo.actor(batch.observations)
-        target, _ = algo.bc_target(batch, pi)
+        target, _ = algo.constraint_target(batch.observations, pi)
         states = algo.normalizer(data.observations)
         table = torch.cat([algo.config.beta * states, data.actions], 1).numpy()
         key = torch.cat([algo.config.beta * batch.observations, pi], 1).numpy()
