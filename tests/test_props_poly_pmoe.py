@@ -51,7 +51,7 @@ def test_ros_takes_one_unclipped_gradient_step():
     obs, actions = torch.ones(100, 1), torch.zeros(100, dtype=torch.long)
     before = [p.detach().clone() for p in algo.actor.parameters()]
     algo.adapt_behaviour(obs, actions)
-    moved = [float((p - q).abs().max()) for p, q in zip(algo.behaviour.parameters(), before)]
+    moved = [float((p.detach() - q).abs().max()) for p, q in zip(algo.behaviour.parameters(), before)]
     assert max(moved) == pytest.approx(1e-3, rel=0.01)  # one Adam step of lr 1e-3 moves a weight by ≈ lr
     assert algo.behaviour.dist(obs[:1]).probs[0, 0] < algo.actor.dist(obs[:1]).probs[0, 0]
 
@@ -158,12 +158,12 @@ def test_pmoe_frequency_approximate_gradient_trains_only_the_winning_expert():
     q = algo.critic(obs.repeat(3, 1), actions[0]).min(0).values
     best = int(q.argmax())
     expected = 0.1 * log_probs[0, best] - q[best] + F.mse_loss(F.one_hot(torch.tensor([best]), 3).float(), routing)
-    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
-    assert float(log_pi) == pytest.approx(float(log_probs[0, best]))
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
+    assert float(log_pi.detach()) == pytest.approx(float(log_probs[0, best].detach()))
     algo.actor.zero_grad()
     loss.backward()
     grad = algo.actor.heads.weight.grad.view(3, 2, -1)  # rows [μ_k, log σ_k] of expert k
     for k in range(3):
         assert (float(grad[k].abs().sum()) > 0) == (k == best)
-    assert float(algo.temperature_log_prob(obs, log_pi)) == float(log_pi)  # α's step uses log π_{i*}
+    assert float(algo.temperature_log_prob(obs, log_pi).detach()) == float(log_pi.detach())  # α's step uses log π_{i*}
     assert math.isfinite(float(metrics["routing_loss"]))
