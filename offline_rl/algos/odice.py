@@ -145,23 +145,23 @@ class ODICE(Algorithm):
             target_v = self.values(self.vf_target, obs).min(0).values
             target_v_next = self.values(self.vf_target, next_obs).min(0).values
 
-        def terms(v: torch.Tensor, v_next: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        def terms(v: torch.Tensor, v_next: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
             residual = rewards + disc * target_v_next - v  # forward: through −V(s)
             backward_residual = rewards + disc * v_next - target_v  # backward: through γV(s′)
-            return ((1 - lam) * v).mean(), (lam * f_star(residual)).mean(), \
-                (lam * c.eta * f_star(backward_residual)).mean()
+            return (((1 - lam) * v).mean(), (lam * f_star(residual)).mean(),
+                    (lam * c.eta * f_star(backward_residual)).mean()), residual.detach()
 
         params = dict(self.vf.named_parameters())
         v, pullback_s = torch.func.vjp(lambda p: functional_call(self.vf, p, (obs,)).squeeze(-1), params)
         v_next, pullback_next = torch.func.vjp(lambda p: functional_call(self.vf, p, (next_obs,)).squeeze(-1), params)
-        term_values, term_pullback = torch.func.vjp(terms, v, v_next)
+        _, term_pullback, residual = torch.func.vjp(terms, v, v_next, has_aux=True)
         # ∂term_i/∂V(s) and ∂term_i/∂V(s′) of the three terms at once, then each term back through the network
         # from the one output it depends on (V(s) for the first two, V(s′) for the third), no pass through zeros
         d_v, d_v_next = torch.func.vmap(term_pullback)(tuple(torch.eye(3, dtype=v.dtype, device=v.device)))
         g_v, g_f = (_flat(pullback_s(d_v[i])[0]) for i in range(2))
         g_b = _flat(pullback_next(d_v_next[2])[0])
         g = g_v + orthogonal_combination(g_f, g_b)  # ∇(1 − λ)·mean V(s) plus the projected residual gradient
-        v, residual = v.detach(), (rewards + disc * target_v_next - v).detach()
+        v = v.detach()
         grads, offset = {}, 0
         for name, p in params.items():
             grads[f"vf.{name}"] = g[offset:offset + p.numel()].view_as(p).detach()

@@ -59,6 +59,11 @@ def _print_json(obj: object) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def _usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _check_positive(name: str, value: int | None, allow_zero: bool = False) -> None:
     if value is not None and (value < 0 or (value == 0 and not allow_zero)):
         raise UserError(f"--{name} must be {'≥ 0' if allow_zero else '> 0'}, got {value}")
@@ -270,8 +275,7 @@ def benchmark(
         raise UserError(f"--runner must be local or ray, got '{runner}'")
     _check_positive("workers", workers)
     if workers is None:
-        workers = len(os.sched_getaffinity(0)) if runner == "local" and hasattr(os, "sched_getaffinity") else \
-            (os.cpu_count() or 1) if runner == "local" else 1
+        workers = _usable_cores() if runner == "local" else 1
     spec = load_suite(suite)
     out = out or Path("results") / spec.name
     failures = run_suite(spec, out, runner=runner, workers=workers, address=address, overwrite=overwrite)

@@ -37,6 +37,7 @@ from offline_rl.training.trainer import (
     _config_dict,
     _TensorBoard,
     check_budget,
+    check_evaluable,
     open_run,
     recording,
     sync_point,
@@ -89,7 +90,7 @@ class SeedBatch:
         self.carrier = carrier
         self.randomness = getattr(carrier, "vmap_randomness", "error")
         self.params = dict(carrier.named_parameters())
-        self.tensors = {k: v for k, v in [*carrier.named_parameters(), *carrier.named_buffers()]}
+        self.tensors = dict([*carrier.named_parameters(), *carrier.named_buffers()])
         # Every slot that holds one of these tensors (a tensor tied into two modules has two): a phase runs with
         # one seed's slices put straight into the slots, as functional_call does but without its per-call walk
         # of the module tree (the walk, not the maths, is most of an update's time with small networks).
@@ -264,11 +265,7 @@ def train_seeds(make: Callable[[], Algorithm], dataset: Dataset, steps: int, see
         raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
     for seed in seeds:
         check_budget(steps, seed, eval_every, eval_episodes)
-    if eval_every and eval_episodes and dataset.env_id is None:
-        from offline_rl.errors import UserError
-
-        raise UserError(f"{dataset.source or dataset.name}: the dataset names no env to evaluate on; give one "
-                        "(--env ENV_ID for a D4RL-format file) or train without evaluation (--eval-episodes 0)")
+    check_evaluable(dataset, eval_every, eval_episodes)
     out = Path(out_dir) if out_dir is not None else None
     probe = make()
     if not probe.seed_batchable:

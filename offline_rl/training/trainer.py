@@ -102,6 +102,13 @@ def check_budget(steps: int, seed: int, eval_every: int, eval_episodes: int) -> 
         raise UserError(f"--seed must be at most {MAX_SEED}, got {seed}")
 
 
+def check_evaluable(dataset: Dataset, eval_every: int, eval_episodes: int) -> None:
+    """A run that evaluates (eval_every and eval_episodes both non-zero) needs the dataset's env."""
+    if eval_every and eval_episodes and dataset.env_id is None:
+        raise UserError(f"{dataset.source or dataset.name}: the dataset names no env to evaluate on; give one "
+                        "(--env ENV_ID for a D4RL-format file) or train without evaluation (--eval-episodes 0)")
+
+
 def train(algo: Algorithm, dataset: Dataset, steps: int, seed: int = 0, eval_every: int = 5000,
           eval_episodes: int = 10, out_dir: str | Path | None = None, resume: bool = False,
           ckpt_every: int | None = None, log_every: int = 1000, progress: bool | None = None,
@@ -127,9 +134,7 @@ def train(algo: Algorithm, dataset: Dataset, steps: int, seed: int = 0, eval_eve
                            list(seeds), eval_every, eval_episodes, out_dir, resume, overwrite, ckpt_every, log_every,
                            progress)
     check_budget(steps, seed, eval_every, eval_episodes)
-    if eval_every and eval_episodes and dataset.env_id is None:
-        raise UserError(f"{dataset.source or dataset.name}: the dataset names no env to evaluate on; give one "
-                        "(--env ENV_ID for a D4RL-format file) or train without evaluation (--eval-episodes 0)")
+    check_evaluable(dataset, eval_every, eval_episodes)
     if out_dir is None:
         return _train(algo, dataset, steps, seed, eval_every, eval_episodes, None, False, ckpt_every, log_every,
                       progress, batch_size, cuda_graphs, None)
