@@ -1,13 +1,18 @@
-"""Updates per second of our TD3+BC and IQL against a CORL-style reference loop, measured in the same run.
+"""Updates per second of our TD3+BC and IQL against a CORL-style reference loop, in alternating blocks of one run.
 
 The reference is our own re-implementation of the way CORL's single-file scripts run (read from its public
 `td3_bc.py` / `iql.py`): a numpy replay buffer indexed on the host and copied to the device every step, two separate
 critic modules, the default (non-fused) Adam and a `.item()` per loss per step for logging. The update maths is the
-same in both, so the ratio measures the engineering only. On CUDA the `ours+graphs` column replays each update from
-CUDA graphs (offline_rl.training.graphs; IQL's cosine LR schedule keeps it eager, shown as nan); SAC (the zoo's
-trainer) and the research methods (`--algos prdc,a2pr,odice`, with their default networks) have no reference loop.
+same in both, so the ratio measures the engineering only.
 
-    python benchmarks/train_speed.py [--steps 300] [--n 1000000] [--device cpu] [--threads 1] [--algos td3_bc,iql,sac]
+Each side runs in its own process, as a user's run would, and the two take turns: `--rounds` rounds of `--steps` updates each, the order alternating per round, so that a change in the
+machine's load hits both sides alike. The ratio printed is the median of the per-round ratios. On CUDA the
+`ours+graphs` column replays each update from CUDA graphs (offline_rl.training.graphs; IQL's cosine LR schedule
+keeps it eager, shown as nan); SAC (the zoo's trainer) and the research methods (`--algos prdc,a2pr,odice`, with
+their default networks) have no reference loop.
+
+    python benchmarks/train_speed.py [--steps 100] [--rounds 5] [--n 1000000] [--device cpu] [--threads 1]
+                                     [--algos td3_bc,iql,sac]
 """
 
 from __future__ import annotations
@@ -15,7 +20,11 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import multiprocessing as mp
+import statistics
 import time
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -37,24 +46,57 @@ def synthetic(n: int, device: str) -> Dataset:
                    Spec(OBS, ACT, (-1.0,) * ACT, (1.0,) * ACT), episode_returns=np.array([0.0, 1.0])).to(device)
 
 
-def ours(name: str, data: Dataset, steps: int, cuda_graphs: bool = False) -> float:
+def ours(name: str, data: Dataset, total: int, cuda_graphs: bool = False) -> Stepper | None:
     """Our update through the trainer's `UpdateStep` (CUDA graphs only where asked for and usable)."""
     algo = algos.make(name, data.spec, {}, data.device, seed=0)
-    algo.configure_schedule(steps * 2)
+    algo.configure_schedule(total)
     algo.prepare(data)
     gen = torch.Generator(device=data.device).manual_seed(0)
     update = UpdateStep(algo, lambda g: data.sample(256, g), gen, cuda_graphs)
     if cuda_graphs and not update.graphed:
-        return float("nan")
-    for step in range(1, 21):
-        update(step)
-    _sync(data.device)
-    t = time.perf_counter()
-    for step in range(21, 21 + steps):
-        metrics = update(step)
-    {k: float(v) for k, v in metrics.items()}
-    _sync(data.device)
-    return steps / (time.perf_counter() - t)
+        return None
+    latest: dict[str, torch.Tensor] = {}
+
+    def step(it: int) -> None:
+        latest.update(update(it))
+
+    return Stepper(step, lambda: {k: float(v) for k, v in latest.items()})
+
+
+def td3_bc_products(device: torch.device, hidden: int = 256, batch: int = 256
+                    ) -> tuple[list[tuple[torch.Tensor, ...]], list[tuple[torch.Tensor, ...]]]:
+    """The matrix products a TD3+BC update needs, as (out, a, b) triples on preallocated tensors: every step's (the
+    target actor's and twin target critic's forward, the twin critic's forward, weight and input gradients) and
+    the actor step's (actor and Q1 forward, Q1's gradient with respect to the action only, the actor's gradients)."""
+    def mm(m: int, k: int, n: int) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.randn(*shape, device=device) for shape in ((m, n), (m, k), (k, n)))
+
+    def forward(i: int, o: int) -> list[tuple[int, int, int]]:
+        return [(batch, i, hidden), (batch, hidden, hidden), (batch, hidden, o)]
+
+    def backward(i: int, o: int) -> list[tuple[int, int, int]]:  # weight gradients, input gradients but the first
+        return [(hidden, batch, o), (hidden, batch, hidden), (i, batch, hidden), (batch, o, hidden),
+                (batch, hidden, hidden)]
+
+    def input_grads(i: int, o: int) -> list[tuple[int, int, int]]:
+        return [(batch, o, hidden), (batch, hidden, hidden), (batch, hidden, i)]
+
+    sa = OBS + ACT
+    every_step = forward(OBS, ACT) + 2 * forward(sa, 1) + 2 * (forward(sa, 1) + backward(sa, 1))
+    actor_step = forward(OBS, ACT) + forward(sa, 1) + input_grads(ACT, 1) + backward(OBS, ACT)
+    return [mm(*shape) for shape in every_step], [mm(*shape) for shape in actor_step]
+
+
+def products_only(data: Dataset, total: int) -> Stepper:
+    """The floor: the update's matrix products alone, into preallocated outputs, the actor's on every second step.
+    No implementation of the same fp32 update can beat this on the same machine and BLAS."""
+    every_step, actor_step = td3_bc_products(data.device)
+
+    def step(it: int) -> None:
+        for out, a, b in every_step + (actor_step if it % 2 == 0 else []):
+            torch.mm(a, b, out=out)
+
+    return Stepper(step, lambda: None)
 
 
 def mlp(i: int, o: int, out=None) -> nn.Sequential:
@@ -62,7 +104,7 @@ def mlp(i: int, o: int, out=None) -> nn.Sequential:
     return nn.Sequential(*layers, *([out] if out else []))
 
 
-def corl_style_td3_bc(data: Dataset, steps: int) -> float:
+def corl_style_td3_bc(data: Dataset, total: int) -> Stepper:
     device = data.device
     buf = {k: getattr(data, k).cpu().numpy() for k in ("observations", "actions", "rewards", "next_observations")}
     buf["dones"] = data.terminals.cpu().numpy().astype(np.float32)
@@ -97,10 +139,10 @@ def corl_style_td3_bc(data: Dataset, steps: int) -> float:
                 for pt, p in zip(t.parameters(), src.parameters()):
                     pt.data.copy_(0.005 * p.data + 0.995 * pt.data)
 
-    return _time(step, steps, device)
+    return Stepper(step, lambda: log[-1])
 
 
-def corl_style_iql(data: Dataset, steps: int) -> float:
+def corl_style_iql(data: Dataset, total: int) -> Stepper:
     device = data.device
     buf = {k: getattr(data, k).cpu().numpy() for k in ("observations", "actions", "rewards", "next_observations")}
     buf["dones"] = data.terminals.cpu().numpy().astype(np.float32)
@@ -110,7 +152,7 @@ def corl_style_iql(data: Dataset, steps: int) -> float:
     opt_a = torch.optim.Adam([*actor.parameters(), log_std], lr=3e-4)
     opt_q = torch.optim.Adam([*q1.parameters(), *q2.parameters()], lr=3e-4)
     opt_v = torch.optim.Adam(vf.parameters(), lr=3e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt_a, steps * 2)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt_a, total)
     log: list[float] = []
 
     def step(it: int) -> None:
@@ -143,18 +185,14 @@ def corl_style_iql(data: Dataset, steps: int) -> float:
         sched.step()
         log.extend([loss_v.item(), loss_q.item(), loss_a.item()])
 
-    return _time(step, steps, device)
+    return Stepper(step, lambda: log[-1])
 
 
-def _time(step, steps: int, device: torch.device) -> float:
-    for it in range(1, 21):
-        step(it)
-    _sync(device)
-    t = time.perf_counter()
-    for it in range(21, 21 + steps):
-        step(it)
-    _sync(device)
-    return steps / (time.perf_counter() - t)
+class Stepper(NamedTuple):
+    """`step(it)` runs update `it`; `read()` reads the latest metrics on the host (a logging sync)."""
+
+    step: Callable[[int], None]
+    read: Callable[[], object]
 
 
 def _sync(device: torch.device) -> None:
@@ -162,9 +200,67 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _worker(conn, side: str, name: str, args: argparse.Namespace, cuda_graphs: bool) -> None:
+    """One side of the comparison in its own process: build it, warm it up, then time the blocks asked for."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    data = synthetic(args.n, args.device)
+    total = args.steps * args.rounds + WARMUP
+    stepper = ours(name, data, total, cuda_graphs) if side == "ours" else \
+        products_only(data, total) if side == "floor" else REFERENCES[name](data, total)
+    if stepper is None:
+        conn.send(None)
+        return
+    for it in range(1, WARMUP + 1):
+        stepper.step(it)
+    stepper.read()
+    _sync(data.device)
+    done = WARMUP
+    conn.send("ready")
+    while (steps := conn.recv()) is not None:
+        t = time.perf_counter()
+        for it in range(done + 1, done + 1 + steps):
+            stepper.step(it)
+        done += steps
+        stepper.read()
+        _sync(data.device)
+        conn.send(time.perf_counter() - t)
+
+
+def compare(name: str, args: argparse.Namespace, sides: list[tuple[str, bool]]) -> list[list[float]]:
+    """Updates/s of each side in each round: the sides' processes take turns, the order alternating per round."""
+    ctx = mp.get_context("spawn")
+    procs, conns, ready = [], [], []
+    for side, graphs in sides:
+        mine, theirs = ctx.Pipe()
+        proc = ctx.Process(target=_worker, args=(theirs, side, name, args, graphs), daemon=True)
+        proc.start()
+        procs.append(proc)
+        conns.append(mine)
+        ready.append(mine.recv() == "ready")  # each side builds and warms up alone
+    rates: list[list[float]] = [[] for _ in sides]
+    for r in range(args.rounds):
+        order = range(len(sides)) if r % 2 == 0 else reversed(range(len(sides)))
+        for i in order:
+            if ready[i]:
+                conns[i].send(args.steps)
+                rates[i].append(args.steps / conns[i].recv())
+    for conn, proc, up in zip(conns, procs, ready, strict=True):
+        if up:
+            conn.send(None)
+        proc.join()
+    return [r or [float("nan")] * args.rounds for r in rates]
+
+
+WARMUP = 20
+REFERENCES: dict[str, Callable[[Dataset, int], Stepper]] = {"td3_bc": corl_style_td3_bc, "iql": corl_style_iql}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=100, help="updates per block")
+    p.add_argument("--rounds", type=int, default=5, help="blocks per side, alternating")
     p.add_argument("--n", type=int, default=1_000_000, help="dataset size (transitions)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
@@ -172,22 +268,30 @@ def main() -> None:
                    help="comma-separated; td3_bc and iql also run the CORL-style reference, others (sac, prdc, a2pr, "
                         "odice) only ours")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    np.random.seed(0)
-    data = synthetic(args.n, args.device)
-    print(f"device={args.device} threads={args.threads} N={args.n:,} batch=256 steps={args.steps}")
-    graphs = data.device.type == "cuda"
-    print(f"{'algorithm':<8} {'ours upd/s':>11} {'ours+graphs':>12} {'CORL-style upd/s':>17} {'ratio':>6}")
-    references = {"td3_bc": corl_style_td3_bc, "iql": corl_style_iql}
+    print(f"device={args.device} threads={args.threads} N={args.n:,} batch=256 {args.rounds} rounds x "
+          f"{args.steps} updates, alternating")
+    graphs = torch.device(args.device).type == "cuda"
+    print(f"{'algorithm':<8} {'ours upd/s':>11} {'ours+graphs':>12} {'CORL-style upd/s':>17} {'ratio':>6} "
+          f"{'products only':>14} {'its ratio':>9}")
+    med = statistics.median
     for name in args.algos.split(","):
-        ref = references.get(name)
-        a = ours(name, data, args.steps)
-        g = ours(name, data, args.steps, cuda_graphs=True) if graphs else float("nan")
-        b = ref(data, args.steps) if ref is not None else float("nan")
-        best = a if math.isnan(g) else max(a, g)
-        ratio = "    -" if math.isnan(b) else f"{best / b:>5.2f}x"
-        print(f"{name:<8} {a:>11.0f} {g:>12.0f} {b:>17.0f} {ratio}", flush=True)
+        sides = [("ours", False)] + ([("ours", True)] if graphs else [])
+        if name in REFERENCES:
+            sides.append(("reference", False))
+        if name == "td3_bc":
+            sides.append(("floor", False))
+        rates = dict(zip([s if not g else "graphs" for s, g in sides], compare(name, args, sides), strict=True))
+        nan = [float("nan")] * args.rounds
+        a, g, b, f = (rates.get(k, nan) for k in ("ours", "graphs", "reference", "floor"))
+        best = [x if math.isnan(y) else max(x, y) for x, y in zip(a, g, strict=True)]
+        ratio = _ratio(med(x / y for x, y in zip(best, b, strict=True)))
+        floor_ratio = _ratio(med(x / y for x, y in zip(f, b, strict=True)))
+        print(f"{name:<8} {med(a):>11.0f} {med(g):>12.0f} {med(b):>17.0f} {ratio:>6} {med(f):>14.0f} "
+              f"{floor_ratio:>9}", flush=True)
+
+
+def _ratio(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.2f}x"
 
 
 if __name__ == "__main__":

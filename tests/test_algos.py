@@ -255,6 +255,38 @@ def test_twin_q1_equals_first_member():
     torch.testing.assert_close(twin.q1(s, a), twin(s, a)[0])
 
 
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_frozen_critic_passes_gradient_to_the_action_only(layer_norm):
+    """`frozen=True` (actor losses) gives the same values and action gradients and leaves the critic's weight
+    gradients uncomputed; the actor losses of TD3+BC and SAC use it, so their backward leaves the critic alone."""
+    twin = TwinQ(OBS, ACT, (32, 32), layer_norm=layer_norm)
+    with torch.no_grad():  # non-trivial LayerNorm affine parameters
+        for p in twin.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    s = torch.randn(7, OBS)
+    for call in (lambda a, f: twin(s, a, frozen=f).min(0).values, lambda a, f: twin.q1(s, a, frozen=f)):
+        grads, values = [], []
+        for frozen in (False, True):
+            twin.zero_grad(set_to_none=True)
+            a = torch.randn(7, ACT, generator=torch.Generator().manual_seed(0)).requires_grad_()
+            q = call(a, frozen)
+            q.sum().backward()
+            values.append(q.detach())
+            grads.append(a.grad)
+            assert all((p.grad is None) == frozen for p in twin.parameters())
+        torch.testing.assert_close(values[1], values[0], rtol=0, atol=0)
+        torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
+    data = random_dataset()
+    batch = data.sample(16, torch.Generator().manual_seed(0))
+    td3_bc = algos.make("td3_bc", data.spec, {"actor_hidden": (32, 32), "critic_hidden": (32, 32)})
+    sac = algos.make("sac", data.spec, {"hidden": (32, 32)})
+    for algo, actor_loss in ((td3_bc, lambda: td3_bc.actor_phase({"batch": batch}).loss),
+                             (sac, lambda: sac.actor_loss(batch.observations, torch.tensor(0.2))[0])):
+        actor_loss().backward()
+        assert all(p.grad is not None for p in algo.actor.parameters()), algo.name
+        assert all(p.grad is None for p in algo.critic.parameters()), algo.name
+
+
 @pytest.mark.parametrize("name", ["bc", "td3_bc", "iql"])
 def test_state_dict_round_trip_includes_optimisers(name):
     data = random_dataset()

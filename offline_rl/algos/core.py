@@ -195,7 +195,7 @@ class TD3BCBase(Algorithm):
     def actor_phase(self, ctx: dict[str, Any]) -> PhaseResult:
         batch = ctx["batch"]
         pi = self.actor(batch.observations)
-        q = self.critic.q1(batch.observations, pi)
+        q = self.critic.q1(batch.observations, pi, frozen=True)  # ∇ to π only; the critic is not this loss's
         lmbda = td3bc_lambda(q, self.config.alpha)
         target, weight, bc_metrics = self.bc_target(ctx, pi)
         bc_loss = (weight * (pi - target).pow(2)).mean()  # MSE over batch and action dims; weight broadcasts

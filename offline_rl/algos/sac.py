@@ -102,7 +102,8 @@ class SAC(Algorithm):
     def actor_loss(self, obs: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """(J_π, log π of the actions it used, extra metrics); PMOE swaps in its frequency-approximate loss."""
         action, log_pi = self.actor.sample(obs)
-        return (alpha * log_pi - self.critic(obs, action).min(0).values).mean(), log_pi, {}
+        q = self.critic(obs, action, frozen=True).min(0).values  # ∇ to the action only
+        return (alpha * log_pi - q).mean(), log_pi, {}
 
     @torch.no_grad()
     def temperature_log_prob(self, obs: torch.Tensor, log_pi: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,9 @@ class EnsembleLinear(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        if frozen:  # through detached parameters: a backward pass gives the input's gradient only
+            return torch.baddbmm(self.bias.detach(), x, self.weight.detach())
         return torch.baddbmm(self.bias, x, self.weight)
 
 
@@ -57,8 +59,9 @@ class EnsembleLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n, 1, dim))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.bias, F.layer_norm(x, x.shape[-1:], eps=self.eps), self.weight)
+    def forward(self, x: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        weight, bias = (self.weight.detach(), self.bias.detach()) if frozen else (self.weight, self.bias)
+        return torch.addcmul(bias, F.layer_norm(x, x.shape[-1:], eps=self.eps), weight)
 
 
 class EnsembleMLP(nn.Module):
@@ -78,10 +81,16 @@ class EnsembleMLP(nn.Module):
         layers.append(EnsembleLinear(n, dims[-1], out_dim))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        """`frozen`: through detached parameters, so that a backward pass computes the input's gradient only (an
+        actor loss through a critic: the critic's weight gradients would be computed and thrown away)."""
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(self.n, *x.shape)
-        return self.net(x)
+        if not frozen:
+            return self.net(x)
+        for layer in self.net:
+            x = layer(x, frozen=True) if isinstance(layer, EnsembleLinear | EnsembleLayerNorm) else layer(x)
+        return x
 
 
 class TwinQ(nn.Module):
@@ -92,14 +101,23 @@ class TwinQ(nn.Module):
         super().__init__()
         self.qs = EnsembleMLP(n, obs_dim + act_dim, 1, hidden, layer_norm=layer_norm)
 
-    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        return self.qs(torch.cat([obs, act], dim=-1)).squeeze(-1)
+    def forward(self, obs: torch.Tensor, act: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        """`frozen`: gradients flow to the inputs only (`EnsembleMLP.forward`)."""
+        return self.qs(torch.cat([obs, act], dim=-1), frozen).squeeze(-1)
 
-    def q1(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        """The first critic only (TD3+BC's actor loss uses Q1). Computed alone, not via the ensemble."""
+    def q1(self, obs: torch.Tensor, act: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        """The first critic only (TD3+BC's actor loss uses Q1). Computed alone, not via the ensemble.
+
+        `frozen`: gradients flow to the inputs only (`EnsembleMLP.forward`)."""
         x = torch.cat([obs, act], dim=-1)
         for layer in self.qs.net:
-            x = torch.addmm(layer.bias[0], x, layer.weight[0]) if isinstance(layer, EnsembleLinear) else layer(x)
+            if isinstance(layer, EnsembleLinear | EnsembleLayerNorm):
+                weight, bias = (layer.weight[0].detach(), layer.bias[0].detach()) if frozen else \
+                    (layer.weight[0], layer.bias[0])
+                x = torch.addmm(bias, x, weight) if isinstance(layer, EnsembleLinear) else \
+                    torch.addcmul(bias, F.layer_norm(x, x.shape[-1:], eps=layer.eps), weight)
+            else:
+                x = layer(x)
         return x.squeeze(-1)
 
 
