@@ -38,10 +38,12 @@ from offline_rl.nets.policies import TanhMixtureActor
 @dataclass
 class PMOEConfig(SACConfig):
     """SAC's values (the PMOE example uses them: lr 3e-4, τ 5e-3, 256-256, batch 256, automatic temperature),
-    k = 4 experts and rlkit's reward scale."""
+    k = 4 experts, rlkit's reward scale and the policy's head initialisation."""
 
     k: int = 4
-    reward_scale: float = 1.0
+    start_steps: int = 1000     # the example's min_num_steps_before_training (policy actions there, uniform here)
+    reward_scale: float = 1.0   # rlkit's reward_scale (the example's 1)
+    head_init_w: float = 1e-3   # the experts' μ and log σ layers start U(±head_init_w) (TanhPMOEGaussianPolicy init_w)
 
 
 @register("pmoe")
@@ -52,7 +54,7 @@ class PMOE(SAC):
     def __init__(self, spec: Spec, config: PMOEConfig, device: str | torch.device = "cpu") -> None:
         super().__init__(spec, config, device)
         self.actor = TanhMixtureActor(spec.obs_dim, spec.act_dim, spec.action_low, spec.action_high, config.k,
-                                      config.hidden)
+                                      config.hidden, config.head_init_w)
         self.add_optimizer("actor", self.actor.parameters(), config.actor_lr)
         rlkit_init_(self.critic, last_init_w=3e-3)  # rlkit's Mlp (FlattenPMOEMlp critics): init_w 3e-3
         self.critic_target.load_state_dict(self.critic.state_dict())
