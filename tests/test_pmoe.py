@@ -167,7 +167,7 @@ def test_mode_coverage_reads_routing_mass_and_sampled_actions():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="PMOE-SAC as in rlkit-pmoe does not cover both modes of the bandit: its "
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="PMOE-SAC as in rlkit-pmoe does not cover both modes of the bandit: its "
                    "experts start identical and move together (benchmarks/results/pmoe-bandit.md)")
 def test_pmoe_covers_both_modes_of_the_bimodal_bandit():
     """The spec's §3.3.1 criterion (both routing masses > 0.2) with the PMOE example's settings, two seeds."""
