@@ -152,7 +152,7 @@ def bench_props(args) -> list[str]:
 def bench_pmoe(args) -> list[str]:
     from offline_rl.reproduce.onpolicy import PMOE_BANDIT, PPO_BANDIT, bimodal_coverage
 
-    seeds, steps = args.seeds or 5, args.steps or 10_000
+    seeds, steps = args.seeds or 3, args.steps or 20_000
     rows = []
     for label, name, n, over in (("PMOE-SAC, k = 4", "pmoe", steps, {**PMOE_BANDIT, "k": 4}),
                                  ("PMOE-SAC, k = 2", "pmoe", steps, {**PMOE_BANDIT, "k": 2}),

@@ -176,7 +176,7 @@ PPO_BANDIT = {"num_envs": 8, "num_steps": 32, "num_minibatches": 4, "update_epoc
 
 @register_entry("pmoe", "PMOE on the one-step bimodal bandit: routing mass on each of the two modes")
 def pmoe_entry(quick: bool) -> list[Row]:
-    seeds, steps = (2, 5000) if quick else (5, 10_000)
+    seeds, steps = (2, 5000) if quick else (3, 20_000)
     rows = []
     for s in range(seeds):
         cov = bimodal_coverage("pmoe", s, steps, k=4, **PMOE_BANDIT)
