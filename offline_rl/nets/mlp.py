@@ -50,6 +50,23 @@ class EnsembleLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
+@torch.no_grad()
+def rlkit_init_(net: nn.Module, last_init_w: float | None = None) -> None:
+    """rlkit's `Mlp` initialisation, in place, over the `nn.Linear`/`EnsembleLinear` layers of `net` in order:
+    hidden weights U(±1/√f) with rlkit's f = the layer's OUTPUT width (`ptu.fanin_init` reads size[0] of a
+    [out, in] weight), hidden biases 0.1; the last layer U(±last_init_w), weight and bias (None: every layer is a
+    hidden one)."""
+    layers = [m for m in net.modules() if isinstance(m, nn.Linear | EnsembleLinear)]
+    for i, layer in enumerate(layers):
+        if last_init_w is not None and i == len(layers) - 1:
+            layer.weight.uniform_(-last_init_w, last_init_w)
+            layer.bias.uniform_(-last_init_w, last_init_w)
+        else:
+            bound = 1.0 / math.sqrt(layer.weight.shape[0 if isinstance(layer, nn.Linear) else -1])
+            layer.weight.uniform_(-bound, bound)
+            layer.bias.fill_(0.1)
+
+
 class EnsembleLayerNorm(nn.Module):
     """LayerNorm over the last dim with separate affine parameters per member: [n, B, d] -> [n, B, d]."""
 

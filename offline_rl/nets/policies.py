@@ -22,7 +22,7 @@ from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 from torch.nn import functional as F
 
-from offline_rl.nets.mlp import mlp
+from offline_rl.nets.mlp import mlp, rlkit_init_
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
@@ -141,20 +141,17 @@ class TanhMixtureActor(nn.Module):
     LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
     def __init__(self, obs_dim: int, act_dim: int, action_low: Sequence[float], action_high: Sequence[float],
-                 k: int = 4, hidden: Sequence[int] = (256, 256)) -> None:
+                 k: int = 4, hidden: Sequence[int] = (256, 256), init_w: float = 1e-3) -> None:
         super().__init__()
         self.k, self.act_dim = k, act_dim
         self.trunk = mlp(obs_dim, hidden[-1], hidden[:-1])
         self.heads = nn.Linear(hidden[-1], 2 * k * act_dim)  # [μ, log σ] for every expert
         self.router = nn.Linear(hidden[-1], k)
-        # rlkit's init (PMOEMlp, TanhPMOEGaussianPolicy): hidden biases 0.1, heads U(±1e-3), so every expert starts
-        # at μ ≈ 0, σ ≈ 1 and the experts' heads barely share the trunk's updates at first.
-        with torch.no_grad():
-            for layer in self.trunk:
-                if isinstance(layer, nn.Linear):
-                    layer.bias.fill_(0.1)
-            self.heads.weight.uniform_(-1e-3, 1e-3)
-            self.heads.bias.uniform_(-1e-3, 1e-3)
+        # rlkit's init (PMOEMlp, TanhPMOEGaussianPolicy): the trunk's `fanin_init` weights and biases 0.1, the μ and
+        # log σ heads U(±init_w) (the source's default 1e-3: every expert starts at μ ≈ 0, σ ≈ 1), the router
+        # nn.Linear's default.
+        rlkit_init_(self.trunk)
+        rlkit_init_(self.heads, last_init_w=init_w)
         low = torch.as_tensor(action_low, dtype=torch.float32)
         high = torch.as_tensor(action_high, dtype=torch.float32)
         self.register_buffer("action_scale", (high - low) / 2.0)
