@@ -100,8 +100,8 @@ def _reference_update(algo, batch: Batch, lr: float = 3e-4, gamma: float = 0.99,
     with torch.no_grad():
         for p_t, p in zip(target.parameters(), critic.parameters(), strict=True):
             p_t.copy_(p_t * (1 - tau) + p * tau)
-    return {"alpha": float(alpha), "actor_loss": float(policy_loss), "critic_loss": float(critic_loss),
-            "routing_loss": float(route)}
+    return {"alpha": float(alpha), "actor_loss": float(policy_loss.detach()),
+            "critic_loss": float(critic_loss.detach()), "routing_loss": float(route.detach())}
 
 
 @pytest.mark.parametrize("reward_scale", [1.0, 5.0])
@@ -122,8 +122,8 @@ def test_update_matches_the_source_order(reward_scale: float):
     for mine, theirs in ((algo.actor, ref.actor), (algo.critic, ref.critic), (algo.critic_target, ref.critic_target)):
         for p, q in zip(mine.parameters(), theirs.parameters(), strict=True):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
-    assert float(algo.log_alpha) == pytest.approx(float(ref.log_alpha), abs=1e-7)
-    assert float(algo.log_alpha) < 0.0  # entropy above the target −|A| on a fresh actor: α falls
+    assert float(algo.log_alpha.detach()) == pytest.approx(float(ref.log_alpha.detach()), abs=1e-7)
+    assert float(algo.log_alpha.detach()) < 0.0  # entropy above the target −|A| on a fresh actor: α falls
 
 
 def test_fixed_temperature_is_one_by_default():
@@ -132,6 +132,7 @@ def test_fixed_temperature_is_one_by_default():
     assert float(metrics["alpha"]) == 1.0 and "alpha" not in algo.optimizers
 
 
+@torch.no_grad()
 def test_rlkit_initialisation():
     algo = _pmoe(hidden=[64, 32])
     trunk = [m for m in algo.actor.trunk.modules() if isinstance(m, torch.nn.Linear)]

@@ -63,7 +63,7 @@ class PMOE(SAC):
         """(log π_{i*}(a_{i*}|s) [B], Q_{i*} [B], J_route, α(s) [B, K]) with the graph to the actor."""
         actions, log_probs, routing = self.actor.sample_experts(obs)          # [B, K, A], [B, K], [B, K]
         b, k = log_probs.shape
-        q = self.critic(obs.repeat_interleave(k, 0), actions.reshape(b * k, -1)).min(0).values.view(b, k)
+        q = self.critic(obs.repeat_interleave(k, 0), actions.reshape(b * k, -1), frozen=True).min(0).values.view(b, k)
         q_best, best = q.max(1)
         routing_loss = F.mse_loss(F.one_hot(best, k).to(routing.dtype), routing)
         return log_probs.gather(1, best[:, None]).squeeze(1), q_best, routing_loss, routing
@@ -71,7 +71,6 @@ class PMOE(SAC):
     def update(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         c = self.config
         obs = batch.observations
-        self.critic.requires_grad_(False)
         log_pi, q_best, routing_loss, routing = self.expert_terms(obs)
         metrics: dict[str, torch.Tensor] = {}
         if c.autotune_alpha:  # the temperature steps first; the actor loss and the target use its new value
@@ -86,7 +85,6 @@ class PMOE(SAC):
             y = c.reward_scale * batch.rewards + c.discount * (1.0 - batch.dones) * (next_q - alpha * next_log_pi)
         # J_π reads the critic before its update below; stepping the actor first is the same update.
         self.optimize("actor", policy_loss + routing_loss)
-        self.critic.requires_grad_(True)
         q = self.critic(obs, batch.actions)
         critic_loss = (q - y).pow(2).mean(1).sum()  # Σ over the twins of each one's MSE (nn.MSELoss)
         self.optimize("critic", critic_loss)

@@ -82,11 +82,9 @@ class SAC(Algorithm):
         critic_loss = 0.5 * (q - y).pow(2).mean(1).sum()
         self.optimize("critic", critic_loss)
 
-        # Actor: reparameterised KL to the soft Q (critic frozen, so no critic weight gradients are computed).
-        self.critic.requires_grad_(False)
+        # Actor: reparameterised KL to the soft Q (through the frozen critic: no critic weight gradients).
         actor_loss, log_pi, actor_metrics = self.actor_loss(obs, alpha)
         self.optimize("actor", actor_loss)
-        self.critic.requires_grad_(True)
 
         metrics = {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(),
                    "q_mean": q.detach().mean(), "entropy": -log_pi.detach().mean(), "alpha": alpha, **actor_metrics}
@@ -100,7 +98,7 @@ class SAC(Algorithm):
         return metrics
 
     def actor_loss(self, obs: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """(J_π, log π of the actions it used, extra metrics); PMOE swaps in its frequency-approximate loss."""
+        """(J_π, log π of the actions it used, extra metrics)."""
         action, log_pi = self.actor.sample(obs)
         q = self.critic(obs, action, frozen=True).min(0).values  # ∇ to the action only
         return (alpha * log_pi - q).mean(), log_pi, {}
