@@ -35,6 +35,26 @@ def test_riverswim_quick_json_through_the_cli():
     assert "N_off=100" in report["rows"][1]["case"]
 
 
+def test_a_failing_row_exits_1_with_the_count():
+    """`reproduce` exits 0 only when every row passes (riverswim above), 1 when one does not."""
+    from typer.testing import CliRunner
+
+    from offline_rl.cli import app
+    from offline_rl.reproduce import _ENTRIES, register_entry, row
+
+    @register_entry("test_half_fails", "one row in, one out of tolerance")
+    def _entry(quick: bool):
+        return [row("in", "x", 1.0, 1.0, 0.1), row("out", "x", 2.0, 1.0, 0.1)]
+
+    try:
+        result = CliRunner().invoke(app, ["reproduce", "test_half_fails", "--quick"])
+        assert result.exit_code == 1, result.output
+        assert "test_half_fails: 1/2 rows pass" in result.output
+        assert [line.split()[-1] for line in result.output.splitlines()[1:3]] == ["yes", "NO"]
+    finally:
+        del _ENTRIES["test_half_fails"]
+
+
 def test_unknown_entry_is_a_user_error():
     with pytest.raises(UserError, match="did you mean 'hdpo'"):
         run_entry("hdp0")

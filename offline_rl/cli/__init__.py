@@ -317,7 +317,7 @@ def reproduce(
     list_: Annotated[bool, typer.Option("--list", help="Name every entry.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout.")] = False,
 ) -> None:
-    """Run a method's minimal faithful benchmark live and compare it with its reference."""
+    """Run a method's minimal faithful benchmark live and compare it with its reference; exit 1 if a row fails."""
     from offline_rl import reproduce as rep
 
     if list_ or name is None:
@@ -330,13 +330,17 @@ def reproduce(
             typer.echo("\n".join(f"{r['name']:<18} {r['description']}" for r in rows) or "no entries")
         return
     report = rep.run_entry(name, quick=quick)
+    failed = sum(not r["passed"] for r in report["rows"])
     if as_json:
         _print_json(report)
-        return
-    typer.echo(f"{'case':<34} {'metric':<26} {'ours':>12} {'reference':>12} {'gap':>10}  pass")
-    for r in report["rows"]:
-        typer.echo(f"{r['case']:<34} {r['metric']:<26} {r['ours']:>12.5g} {r['reference']:>12.5g} {r['gap']:>10.3g}  "
-                   f"{'yes' if r['passed'] else 'NO'}")
+    else:
+        typer.echo(f"{'case':<34} {'metric':<26} {'ours':>12} {'reference':>12} {'gap':>10}  pass")
+        for r in report["rows"]:
+            typer.echo(f"{r['case']:<34} {r['metric']:<26} {r['ours']:>12.5g} {r['reference']:>12.5g} "
+                       f"{r['gap']:>10.3g}  {'yes' if r['passed'] else 'NO'}")
+    typer.echo(f"{report['name']}: {len(report['rows']) - failed}/{len(report['rows'])} rows pass", err=True)
+    if failed:  # a check that does not reproduce: exit 1 (2 is for bad input), so scripts and CI can tell
+        raise typer.Exit(1)
 
 
 from offline_rl.cli.export import export  # noqa: E402  (its heavy imports stay lazy inside)
