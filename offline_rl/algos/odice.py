@@ -141,9 +141,9 @@ class ODICE(Algorithm):
             residual = rewards + disc * next_v - v
             loss = ((1 - lam) * v + lam * f_star(residual)).mean()
             return PhaseResult(loss, self._value_metrics(v, residual), {"residual": residual.detach()})
-        with torch.no_grad():  # V_targ(x) is the minimum over the target twins
-            target_v = self.values(self.vf_target, obs).min(0).values
-            target_v_next = self.values(self.vf_target, next_obs).min(0).values
+        with torch.no_grad():  # V_targ(x) is the minimum over the target twins; s and s′ in one forward
+            target_v, target_v_next = self.values(self.vf_target, torch.cat([obs, next_obs])).min(0).values \
+                .split(obs.shape[0])
 
         def terms(v: torch.Tensor, v_next: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
             residual = rewards + disc * target_v_next - v  # forward: through −V(s)
