@@ -74,16 +74,18 @@ def td3_bc_products(device: torch.device, hidden: int = 256, batch: int = 256
     def forward(i: int, o: int) -> list[tuple[int, int, int]]:
         return [(batch, i, hidden), (batch, hidden, hidden), (batch, hidden, o)]
 
-    def backward(i: int, o: int) -> list[tuple[int, int, int]]:  # weight gradients, input gradients but the first
-        return [(hidden, batch, o), (hidden, batch, hidden), (i, batch, hidden), (batch, o, hidden),
-                (batch, hidden, hidden)]
+    def weight_grads(i: int, o: int) -> list[tuple[int, int, int]]:
+        return [(hidden, batch, o), (hidden, batch, hidden), (i, batch, hidden)]
 
-    def input_grads(i: int, o: int) -> list[tuple[int, int, int]]:
-        return [(batch, o, hidden), (batch, hidden, hidden), (batch, hidden, i)]
+    def input_grads(o: int, first_layer_inputs: int = 0) -> list[tuple[int, int, int]]:
+        """Back to the hidden layers' inputs and, when asked, to `first_layer_inputs` columns of the input."""
+        return [(batch, o, hidden), (batch, hidden, hidden)] + \
+            ([(batch, hidden, first_layer_inputs)] if first_layer_inputs else [])
 
     sa = OBS + ACT
-    every_step = forward(OBS, ACT) + 2 * forward(sa, 1) + 2 * (forward(sa, 1) + backward(sa, 1))
-    actor_step = forward(OBS, ACT) + forward(sa, 1) + input_grads(ACT, 1) + backward(OBS, ACT)
+    critic_step = forward(sa, 1) + weight_grads(sa, 1) + input_grads(1)  # one twin member
+    every_step = forward(OBS, ACT) + 2 * forward(sa, 1) + 2 * critic_step
+    actor_step = forward(OBS, ACT) + forward(sa, 1) + input_grads(1, ACT) + weight_grads(OBS, ACT) + input_grads(ACT)
     return [mm(*shape) for shape in every_step], [mm(*shape) for shape in actor_step]
 
 

@@ -83,30 +83,27 @@ class SAC(Algorithm):
         self.optimize("critic", critic_loss)
 
         # Actor: reparameterised KL to the soft Q (through the frozen critic: no critic weight gradients).
-        actor_loss, log_pi, actor_metrics = self.actor_loss(obs, alpha)
+        actor_loss, log_pi = self.actor_loss(obs, alpha)
         self.optimize("actor", actor_loss)
 
         metrics = {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(),
-                   "q_mean": q.detach().mean(), "entropy": -log_pi.detach().mean(), "alpha": alpha, **actor_metrics}
-        # Temperature: dual gradient step on log α.
+                   "q_mean": q.detach().mean(), "entropy": -log_pi.detach().mean(), "alpha": alpha}
+        # Temperature: dual gradient step on log α, with log π of a fresh sample from the updated actor (softlearning).
         if c.autotune_alpha:
-            alpha_loss = -self.log_alpha * (self.temperature_log_prob(obs, log_pi).mean() + self.target_entropy)
+            with torch.no_grad():
+                fresh_log_pi = self.actor.sample(obs)[1]
+            alpha_loss = -self.log_alpha * (fresh_log_pi.mean() + self.target_entropy)
             self.optimize("alpha", alpha_loss)
             metrics["alpha_loss"] = alpha_loss.detach()
         if step % c.target_update_interval == 0:
             soft_update(self.critic_target, self.critic, c.tau)
         return metrics
 
-    def actor_loss(self, obs: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """(J_π, log π of the actions it used, extra metrics)."""
+    def actor_loss(self, obs: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(J_π, log π of the actions it used)."""
         action, log_pi = self.actor.sample(obs)
         q = self.critic(obs, action, frozen=True).min(0).values  # ∇ to the action only
-        return (alpha * log_pi - q).mean(), log_pi, {}
-
-    @torch.no_grad()
-    def temperature_log_prob(self, obs: torch.Tensor, log_pi: torch.Tensor) -> torch.Tensor:
-        """The log π the temperature step uses: a fresh sample from the updated actor (softlearning)."""
-        return self.actor.sample(obs)[1]
+        return (alpha * log_pi - q).mean(), log_pi
 
     @property
     def update_period(self) -> int:

@@ -44,10 +44,10 @@ class EnsembleLinear(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: torch.Tensor, frozen: bool = False) -> torch.Tensor:
-        if frozen:  # through detached parameters: a backward pass gives the input's gradient only
-            return torch.baddbmm(self.bias.detach(), x, self.weight.detach())
-        return torch.baddbmm(self.bias, x, self.weight)
+    def forward(self, x: torch.Tensor, frozen: bool = False, member: int | None = None) -> torch.Tensor:
+        """[n, B, in] -> [n, B, out]; with `member`, that member alone on [B, in]. `frozen`: `member_params`."""
+        weight, bias = member_params(self, frozen, member)
+        return torch.baddbmm(bias, x, weight) if member is None else torch.addmm(bias, x, weight)
 
 
 @torch.no_grad()
@@ -76,9 +76,18 @@ class EnsembleLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n, 1, dim))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor, frozen: bool = False) -> torch.Tensor:
-        weight, bias = (self.weight.detach(), self.bias.detach()) if frozen else (self.weight, self.bias)
+    def forward(self, x: torch.Tensor, frozen: bool = False, member: int | None = None) -> torch.Tensor:
+        weight, bias = member_params(self, frozen, member)
         return torch.addcmul(bias, F.layer_norm(x, x.shape[-1:], eps=self.eps), weight)
+
+
+def member_params(layer: EnsembleLinear | EnsembleLayerNorm, frozen: bool = False,
+                  member: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of an ensemble layer: every member's, or one `member`'s; `frozen`: detached, so that a
+    backward pass through the layer computes its input's gradient only (an actor loss through a critic, whose
+    weight gradients would be computed and thrown away)."""
+    weight, bias = (layer.weight, layer.bias) if member is None else (layer.weight[member], layer.bias[member])
+    return (weight.detach(), bias.detach()) if frozen else (weight, bias)
 
 
 class EnsembleMLP(nn.Module):
@@ -98,15 +107,13 @@ class EnsembleMLP(nn.Module):
         layers.append(EnsembleLinear(n, dims[-1], out_dim))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor, frozen: bool = False) -> torch.Tensor:
-        """`frozen`: through detached parameters, so that a backward pass computes the input's gradient only (an
-        actor loss through a critic: the critic's weight gradients would be computed and thrown away)."""
-        if x.dim() == 2:
+    def forward(self, x: torch.Tensor, frozen: bool = False, member: int | None = None) -> torch.Tensor:
+        """`member`: that member alone, [B, in] -> [B, out]; `frozen`: gradients to the input only
+        (`member_params`)."""
+        if x.dim() == 2 and member is None:
             x = x.unsqueeze(0).expand(self.n, *x.shape)
-        if not frozen:
-            return self.net(x)
         for layer in self.net:
-            x = layer(x, frozen=True) if isinstance(layer, EnsembleLinear | EnsembleLayerNorm) else layer(x)
+            x = layer(x, frozen, member) if isinstance(layer, EnsembleLinear | EnsembleLayerNorm) else layer(x)
         return x
 
 
@@ -119,23 +126,12 @@ class TwinQ(nn.Module):
         self.qs = EnsembleMLP(n, obs_dim + act_dim, 1, hidden, layer_norm=layer_norm)
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor, frozen: bool = False) -> torch.Tensor:
-        """`frozen`: gradients flow to the inputs only (`EnsembleMLP.forward`)."""
+        """`frozen`: gradients flow to the inputs only (`member_params`)."""
         return self.qs(torch.cat([obs, act], dim=-1), frozen).squeeze(-1)
 
     def q1(self, obs: torch.Tensor, act: torch.Tensor, frozen: bool = False) -> torch.Tensor:
-        """The first critic only (TD3+BC's actor loss uses Q1). Computed alone, not via the ensemble.
-
-        `frozen`: gradients flow to the inputs only (`EnsembleMLP.forward`)."""
-        x = torch.cat([obs, act], dim=-1)
-        for layer in self.qs.net:
-            if isinstance(layer, EnsembleLinear | EnsembleLayerNorm):
-                weight, bias = (layer.weight[0].detach(), layer.bias[0].detach()) if frozen else \
-                    (layer.weight[0], layer.bias[0])
-                x = torch.addmm(bias, x, weight) if isinstance(layer, EnsembleLinear) else \
-                    torch.addcmul(bias, F.layer_norm(x, x.shape[-1:], eps=layer.eps), weight)
-            else:
-                x = layer(x)
-        return x.squeeze(-1)
+        """The first critic only (TD3+BC's actor loss uses Q1), computed alone, not via the ensemble."""
+        return self.qs(torch.cat([obs, act], dim=-1), frozen, member=0).squeeze(-1)
 
 
 class ValueNet(nn.Module):
